@@ -42,6 +42,7 @@ def reference_attention(
     key_start: int = 0,
     gain: tuple[torch.Tensor, torch.Tensor] | None = None,
     offset: tuple[torch.Tensor, torch.Tensor] | None = None,
+    stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """(B, H, Tq, D) output; ``gain``/``offset`` optional per-(head, slot, d) cell maps for K and V arrays."""
     b, h, tq, d = q.shape
@@ -67,6 +68,11 @@ def reference_attention(
                 ck = ck + qd[:, :, i, :] * offset[0][None, :, slot, :]
             s = ck.sum(-1, keepdim=True)  # (B, H, 1)
             phi = (s / cfg.score_saturation).clamp(0, 1)
+            if stats is not None:
+                r = (s / cfg.score_saturation).detach()
+                stats["phi_zero"] = stats.get("phi_zero", 0) + int((r < 0).sum())
+                stats["phi_one"] = stats.get("phi_one", 0) + int((r > 1).sum())
+                stats["phi_linear"] = stats.get("phi_linear", 0) + int(((r > 0) & (r < 1)).sum())
             cv = _product(cfg, phi, dd * yv[:, :, j, :])
             if gain is not None:
                 cv = cv * gain[1][None, :, slot, :]
@@ -77,6 +83,10 @@ def reference_attention(
         o = torch.zeros(b, h, d, dtype=q.dtype)
         for t in sorted(tiles):
             x = (tiles[t] / cfg.output_saturation).clamp(-1, 1)
+            if stats is not None:
+                r = (tiles[t] / cfg.output_saturation).detach().abs()
+                stats["out_clamped"] = stats.get("out_clamped", 0) + int((r > 1).sum())
+                stats["out_linear"] = stats.get("out_linear", 0) + int((r < 1).sum())
             o = o + _quant(x, -1, 1, cfg.out_levels, cfg.out_quantizer)
         outs.append(o)
     return torch.stack(outs, 2)

@@ -376,12 +376,15 @@ class HardwareConfig:
             period = data.get("token_period", cls.token_period)
             derived = 0.0 if tau is None or math.isinf(tau) else float(period) / float(tau)
             given = data.get("decay_per_token")
-            if given is not None and not math.isclose(given, derived, rel_tol=1e-6, abs_tol=0.0):
+            implied_tau = math.inf if given is None or given == 0 else float(period) / given
+            tau_f = math.inf if tau is None else float(tau)
+            if given is not None and implied_tau != tau_f and not math.isclose(implied_tau, tau_f, rel_tol=1e-6):
                 raise HardwareConfigError(
                     f"HardwareConfig.retention_time = {tau!r} disagrees with decay_per_token = {given!r}: "
                     f"decay_per_token must equal token_period / retention_time = {derived!r}"
                 )
-            data["decay_per_token"] = derived
+            if given is None:
+                data["decay_per_token"] = derived
         if isinstance(data.get("cell_coefficients"), list):
             data["cell_coefficients"] = tuple(data["cell_coefficients"])
         return cls(**data)

@@ -1021,3 +1021,37 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = N
     if window is not None:
         allowed &= kpos > qpos - window
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+
+
+def attention_map(q: Tensor, k: Tensor, config: HardwareConfig, *, key_start: int = 0) -> Tensor:
+    """The charge-to-pulse outputs phi (B, H, Tq, Tk) of the first array, materialised (for plots and inspection).
+
+    Same conventions as :func:`analog_attention`; phi is 0 outside the causal window.  Memory is O(Tq * Tk * D):
+    use it on short sequences.  Noise and cell variation are not applied.
+    """
+    _check_qkv("attention_map", q, k, k)
+    cfg = config
+    tq, tk = q.shape[2], k.shape[2]
+    dtype = _compute_dtype(q, k)
+    with torch.no_grad():
+        qd = dac(q.to(dtype), 0.0, 1.0, cfg.q_levels)
+        y = dac(k.to(dtype), 0.0, cfg.kv_max, cfg.kv_levels, cfg.kv_offset)
+        qpos = torch.arange(tk - tq, tk, device=q.device, dtype=dtype)[:, None] + key_start
+        kpos = torch.arange(tk, device=q.device, dtype=dtype)[None, :] + key_start
+        inside = (kpos <= qpos) & (kpos > qpos - cfg.window)
+        dec = torch.exp(-cfg.decay_per_token * (qpos - kpos).clamp(min=0))  # (Tq, Tk)
+        z = dec[None, None, :, :, None] * y[:, :, None, :, :]  # (B, H, Tq, Tk, D)
+        f = sum(g * z**n for n, g in enumerate(cfg.cell_polynomial))
+        s = (qd[:, :, :, None, :] * f).sum(-1)
+        return (s / cfg.score_saturation).clamp(0.0, 1.0) * inside
+
+
+def score_pairs(config: HardwareConfig, n_queries: int, n_keys: int | None = None) -> int:
+    """Number of (query, key slot) pairs the kernel's first-array products touch for one head.
+
+    Causality and the window cut this work: it grows as n_queries * window, not n_queries * n_keys.
+    """
+    n_keys = n_queries if n_keys is None else n_keys
+    plan = _make_plan(config, n_queries, n_keys, 1, 1, 0, config.decay_per_token, backward=False)
+    like = torch.empty(0)
+    return sum(blk.n_rows * (blk.q1 - blk.q0) for blk in _geometries(plan, like))
