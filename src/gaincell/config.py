@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gaincell.errors import GaincellError
+
 __all__ = ["PAPER_CELL_COEFFICIENTS", "PRESETS", "HardwareConfig", "HardwareConfigError"]
 
 
-class HardwareConfigError(ValueError):
+class HardwareConfigError(GaincellError, ValueError):
     """A hardware configuration field is missing, unknown or outside its allowed range."""
 
 

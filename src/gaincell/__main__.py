@@ -1,0 +1,5 @@
+import sys
+
+from gaincell.cli import main
+
+sys.exit(main())
