@@ -36,3 +36,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) gaincell-out .pytest_cache .ruff_cache
+
+# Re-train the shipped reference models from scratch (about 45 minutes on 2 CPU cores); see recipes/shakespeare.sh
+models: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" recipes/shakespeare.sh runs/shakespeare

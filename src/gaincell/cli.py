@@ -68,6 +68,13 @@ def _hardware_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from gaincell.demo import run_demo
+
+    run_demo(args.out, quiet=args.quiet, max_tokens=args.max_tokens)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="gaincell", description="Analog gain-cell attention: simulate, convert, adapt, evaluate, cost.")
     p.add_argument("--version", action="version", version=f"gaincell {__version__}")
@@ -92,11 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(handler=_hardware_demo)
 
-    top_demo = sub.add_parser("demo", help="the main demo (currently: the hardware demo on real text)")
+    top_demo = sub.add_parser("demo", help="Table 1 in miniature on held-out Shakespeare with the shipped models")
     top_demo.add_argument("--out", default="gaincell-out/demo", help="output folder")
-    top_demo.add_argument("--tokens", type=int, default=256, help="sequence length")
+    top_demo.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N test tokens")
     top_demo.add_argument("--quiet", action="store_true")
-    top_demo.set_defaults(handler=_hardware_demo)
+    top_demo.set_defaults(handler=_demo)
 
     for register in _registrations():
         register(sub)
@@ -114,7 +121,7 @@ def _registrations() -> list[Callable[[Any], None]]:
     return regs
 
 
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = ["gaincell.commands"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,326 @@
+"""Model integration: convert any Hugging Face causal LM (GPT-2, Llama family) to gain-cell attention.
+
+``convert(model, "paper")`` registers a ``gaincell`` attention function *and* its mask function with transformers
+(so causal masking is never silently dropped), gives every attention layer per-head affine maps (a, b) on q, k, v
+and on the head output (initialised as in the paper: a = 1; b = 0 for q and the output, kv_offset for k and v) and
+switches the model to it.  Projections and MLPs stay digital.  The softmax baselines ("softmax", "softmax-window",
+"softmax:W") are selected the same way.  Converting an already converted model swaps its attention config and keeps
+its learned maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gaincell.config import PRESETS, HardwareConfig, HardwareConfigError
+from gaincell.errors import GaincellError
+from gaincell.kernel import analog_attention, make_generator, softmax_attention
+
+__all__ = ["SoftmaxSpec", "attention_layers", "attention_spec", "convert", "is_converted", "resolve_attention"]
+
+ATTN_NAME = "gaincell"
+
+
+@dataclass(frozen=True)
+class SoftmaxSpec:
+    """Digital softmax attention (the baseline), causal, with an optional sliding window."""
+
+    window: int | None = None
+
+    @property
+    def name(self) -> str:
+        return "softmax" if self.window is None else f"softmax:{self.window}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "softmax", "window": self.window}
+
+
+AttentionSpec = HardwareConfig | SoftmaxSpec
+
+
+def resolve_attention(spec: AttentionSpec | str | Path | dict[str, Any]) -> AttentionSpec:
+    """An attention spec from a config object, a preset name, ``softmax``/``softmax-window``/``softmax:W``, a file."""
+    if isinstance(spec, (HardwareConfig, SoftmaxSpec)):
+        return spec
+    if isinstance(spec, dict):
+        if spec.get("kind") == "softmax":
+            return SoftmaxSpec(spec.get("window"))
+        return HardwareConfig.from_dict({k: v for k, v in spec.items() if k != "kind"})
+    s = str(spec)
+    if s == "softmax":
+        return SoftmaxSpec(None)
+    if s in ("softmax-window", "sliding-window-softmax"):
+        return SoftmaxSpec(HardwareConfig().window)
+    if s.startswith("softmax:"):
+        try:
+            w = int(s.split(":", 1)[1])
+        except ValueError:
+            w = 0
+        if w < 1:
+            raise HardwareConfigError(f"softmax window must be an integer >= 1, got {s!r}")
+        return SoftmaxSpec(w)
+    try:
+        return HardwareConfig.resolve(s)
+    except HardwareConfigError as exc:
+        if s in PRESETS or Path(s).exists():
+            raise
+        raise HardwareConfigError(
+            f"unknown attention {s!r}: use a hardware preset ({', '.join(sorted(PRESETS))}), "
+            "softmax, softmax-window, softmax:W, or a YAML/JSON hardware file"
+        ) from exc
+
+
+def spec_to_dict(spec: AttentionSpec) -> dict[str, Any]:
+    return spec.to_dict() if isinstance(spec, SoftmaxSpec) else {"kind": "analog", **spec.to_dict()}
+
+
+# ---------------------------------------------------------------------------------------------------- per-head maps
+class HeadMaps(nn.Module):
+    """Per-head affine maps into and out of the analog arrays: x_dac = a * x + b, out = a_o * O + b_o.
+
+    q and the output have one (a, b) per attention head; k and v one per key/value head (grouped-query attention).
+    """
+
+    def __init__(self, n_heads: int, n_kv_heads: int, layer: int, kv_offset: float = 0.45):
+        super().__init__()
+        self.q_scale = nn.Parameter(torch.ones(n_heads))
+        self.q_bias = nn.Parameter(torch.zeros(n_heads))
+        self.k_scale = nn.Parameter(torch.ones(n_kv_heads))
+        self.k_bias = nn.Parameter(torch.full((n_kv_heads,), kv_offset))
+        self.v_scale = nn.Parameter(torch.ones(n_kv_heads))
+        self.v_bias = nn.Parameter(torch.full((n_kv_heads,), kv_offset))
+        self.out_scale = nn.Parameter(torch.ones(n_heads))
+        self.out_bias = nn.Parameter(torch.zeros(n_heads))
+        self.layer = layer
+        self.spec: AttentionSpec = SoftmaxSpec()
+        self.recorder: dict[str, list[Tensor]] | None = None  # per-head running sums while recording statistics
+        self.generator: torch.Generator | None = None  # noise stream of this layer (advances call to call)
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer}, heads={self.q_scale.numel()}, kv_heads={self.k_scale.numel()}"
+
+    @staticmethod
+    def apply(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+        return x * scale.view(1, -1, 1, 1).to(x.dtype) + bias.view(1, -1, 1, 1).to(x.dtype)
+
+    def record(self, name: str, x: Tensor) -> None:
+        """Accumulate per-head count, sum and sum of squares of x (B, heads, T, D) over batch, tokens, features."""
+        if self.recorder is None:
+            return
+        x = x.detach().double()
+        stats = torch.stack([torch.full_like(x[0, :, 0, 0], x[:, 0].numel()), x.sum((0, 2, 3)), (x * x).sum((0, 2, 3))])
+        if name in self.recorder:
+            self.recorder[name] = self.recorder[name] + stats  # type: ignore[operator]
+        else:
+            self.recorder[name] = stats  # type: ignore[assignment]
+
+
+def _repeat_kv(x: Tensor, groups: int) -> Tensor:
+    if groups == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)
+
+
+def gaincell_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """The attention function registered with transformers as ``gaincell``; returns (B, Tq, H, D)."""
+    maps: HeadMaps = module.gaincell  # type: ignore[assignment]
+    spec = maps.spec
+    groups = query.shape[1] // key.shape[1]
+    padding = _padding_mask(attention_mask, query, key)
+    if isinstance(spec, SoftmaxSpec):
+        k, v = _repeat_kv(key, groups), _repeat_kv(value, groups)
+        out = _per_sequence(
+            padding, query, k, v, lambda q_, k_, v_, start: softmax_attention(q_, k_, v_, window=spec.window, scale=scaling)
+        )
+        return out.transpose(1, 2), None
+    q = maps.apply(query, maps.q_scale, maps.q_bias)
+    k = maps.apply(key, maps.k_scale, maps.k_bias)
+    v = maps.apply(value, maps.v_scale, maps.v_bias)
+    maps.record("q", q)
+    maps.record("k", k)
+    maps.record("v", v)
+    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+
+    def run(q_: Tensor, k_: Tensor, v_: Tensor, start: int) -> Tensor:
+        return analog_attention(q_, k_, v_, spec, layer=maps.layer, generator=maps.generator)
+
+    out = _per_sequence(padding, q, k, v, run)
+    out = maps.apply(out, maps.out_scale, maps.out_bias)
+    maps.record("out", out)
+    return out.transpose(1, 2), None
+
+
+def _padding_mask(mask: Tensor | None, query: Tensor, key: Tensor) -> Tensor | None:
+    if mask is None:
+        return None
+    if mask.dim() != 2 or mask.shape != (key.shape[0], key.shape[2]):
+        raise GaincellError(
+            f"gaincell attention takes a 2-D padding mask of shape (batch, keys) = {(key.shape[0], key.shape[2])}, "
+            f"got {tuple(mask.shape)}: custom 4-D masks are not supported"
+        )
+    return mask
+
+
+def _per_sequence(padding: Tensor | None, q: Tensor, k: Tensor, v: Tensor, fn: Any) -> Tensor:
+    """Run ``fn`` on the whole batch, or sequence by sequence from each one's first real token (left padding).
+
+    The hardware never writes padding: a sequence's first real token is written into ring slot 0.
+    """
+    if padding is None:
+        return fn(q, k, v, 0)
+    tq, tk = q.shape[2], k.shape[2]
+    out = q.new_zeros(q.shape)
+    for b in range(q.shape[0]):
+        real = padding[b].nonzero()
+        if real.numel() == 0:
+            continue
+        start = int(real[0])
+        q0 = max(0, start - (tk - tq))
+        if q0 >= tq:
+            continue
+        out[b : b + 1, :, q0:] = fn(q[b : b + 1, :, q0:], k[b : b + 1, :, start:], v[b : b + 1, :, start:], start)
+    return out
+
+
+def gaincell_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Any = None,
+    attention_mask: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor | None:
+    """The mask function registered with transformers as ``gaincell``.
+
+    The analog kernel applies causality and its window itself, so this returns only the 2-D padding mask (or None
+    when nothing is padded).  Any mask other than the plain causal one (packed sequences, custom overlays) is refused
+    rather than silently dropped.
+    """
+    from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
+
+    sliding = getattr(sliding_window_causal_mask_function, "__code__", None)
+    plain = mask_function is None or mask_function is causal_mask_function
+    if not plain and not (sliding is not None and getattr(mask_function, "__code__", None) is sliding):
+        raise GaincellError("gaincell attention supports plain causal masks only (no packed sequences or custom mask functions)")
+    if attention_mask is None:
+        return None
+    m = attention_mask[:, kv_offset : kv_offset + kv_length].bool()
+    return None if bool(m.all()) else m
+
+
+def register() -> None:
+    """Register the ``gaincell`` attention and mask functions with transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_NAME, gaincell_attention)
+    AttentionMaskInterface.register(ATTN_NAME, gaincell_mask)
+
+
+# ---------------------------------------------------------------------------------------------------- conversion
+@dataclass(frozen=True)
+class AttentionLayer:
+    index: int
+    module: nn.Module
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+
+_SUPPORTED = ("GPT2LMHeadModel", "LlamaForCausalLM")
+
+
+def attention_layers(model: nn.Module) -> list[AttentionLayer]:
+    """The self-attention modules of a supported causal LM, in layer order."""
+    name = type(model).__name__
+    cfg = getattr(model, "config", None)
+    if cfg is None or name not in _SUPPORTED:
+        raise GaincellError(
+            f"model class {name} is not supported: gaincell converts {' and '.join(_SUPPORTED)} "
+            "(GPT-2 and Llama-family causal LMs: SmolLM, TinyLlama, ...)"
+        )
+    if getattr(cfg, "add_cross_attention", False):
+        raise GaincellError("GPT-2 models with cross-attention are not supported")
+    layers = []
+    for module in model.modules():
+        cls = type(module).__name__
+        if cls in ("GPT2Attention", "LlamaAttention") and not getattr(module, "is_cross_attention", False):
+            n_heads = getattr(module, "num_heads", None) or cfg.num_attention_heads
+            n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+            layers.append(AttentionLayer(int(module.layer_idx), module, int(n_heads), int(n_kv), int(module.head_dim)))
+    if not layers:
+        raise GaincellError(f"found no attention layers in {name}")
+    return sorted(layers, key=lambda a: a.index)
+
+
+def convert(model: nn.Module, config: AttentionSpec | str | Path | dict[str, Any] = "paper") -> nn.Module:
+    """Turn a Hugging Face causal LM into its gain-cell (or softmax-baseline) version, in place; returns it.
+
+    Args:
+        model: a ``GPT2LMHeadModel`` or ``LlamaForCausalLM`` (converted or not).
+        config: a :class:`HardwareConfig`, a preset name (``paper``, ``paper-linear``, ...), ``softmax``,
+            ``softmax-window``/``softmax:W``, or a YAML/JSON hardware file.
+
+    A model converted before keeps its learned per-head maps; only its attention config changes.
+    """
+    spec = resolve_attention(config)
+    register()
+    layers = attention_layers(model)
+    param = next(model.parameters())
+    kv_offset = spec.kv_offset if isinstance(spec, HardwareConfig) else 0.45
+    for layer in layers:
+        maps = getattr(layer.module, "gaincell", None)
+        if not isinstance(maps, HeadMaps):
+            maps = HeadMaps(layer.n_heads, layer.n_kv_heads, layer.index, kv_offset).to(device=param.device, dtype=param.dtype)
+            layer.module.gaincell = maps
+        maps.spec = spec
+        maps.layer = layer.index
+        noisy = isinstance(spec, HardwareConfig) and spec.has_noise
+        maps.generator = make_generator(spec, layer.index, param.device) if noisy else None
+    model.set_attn_implementation(ATTN_NAME)
+    model._gaincell_spec = spec  # type: ignore[assignment]
+    return model
+
+
+def is_converted(model: nn.Module) -> bool:
+    return getattr(model, "_gaincell_spec", None) is not None
+
+
+def attention_spec(model: nn.Module) -> AttentionSpec | None:
+    """The attention config of a converted model (None if it was never converted)."""
+    return getattr(model, "_gaincell_spec", None)
+
+
+def head_maps(model: nn.Module) -> Iterator[HeadMaps]:
+    for layer in attention_layers(model):
+        maps = getattr(layer.module, "gaincell", None)
+        if isinstance(maps, HeadMaps):
+            yield maps
+
+
+def spec_json(spec: AttentionSpec) -> str:
+    return json.dumps(spec_to_dict(spec), indent=2)
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)

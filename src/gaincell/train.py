@@ -1,0 +1,359 @@
+"""Hardware-aware fine-tuning (and pre-training): AdamW, warm-up + cosine, clipping, accumulation, distillation.
+
+Checkpoints are written atomically (a complete folder replaces the previous one) every ``save_every`` steps and on
+Ctrl-C; a run resumes exactly where it stopped: batches are drawn from a generator seeded by (seed, step, micro-step,
+rank), so the resumed loss curve is the uninterrupted one.  Written for ``torchrun``: with WORLD_SIZE > 1 it joins
+the process group, each rank draws its own micro-batches and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gaincell._io import atomic_write_text
+from gaincell.errors import GaincellError
+
+__all__ = ["TrainConfig", "finetune"]
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16  # sequences per optimizer step (all ranks and micro-steps together)
+    context: int = 128
+    grad_accum: int = 1
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 16
+    save_every: int = 100
+    log_every: int = 10
+    seed: int = 1337
+    distill_weight: float = 0.0  # 0 = plain cross-entropy; 1 = only the teacher's distribution
+    distill_temperature: float = 1.0
+
+    def validate(self) -> None:
+        checks = {
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "context": self.context >= 2,
+            "grad_accum": self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+            "lr": self.lr > 0,
+            "min_lr": 0 <= self.min_lr <= self.lr,
+            "warmup": self.warmup >= 0,
+            "grad_clip": self.grad_clip >= 0,
+            "eval_every": self.eval_every >= 1,
+            "save_every": self.save_every >= 1,
+            "distill_weight": 0 <= self.distill_weight <= 1,
+            "distill_temperature": self.distill_temperature > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise GaincellError(f"invalid training setting {name} = {getattr(self, name)!r}")
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to ``lr``, then cosine decay to ``min_lr`` at the last step."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        span = max(1, self.steps - self.warmup)
+        progress = min(1.0, (step - self.warmup) / span)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _seed(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFF)) * 1099511628211) & 0x7FFFFFFFFFFFFFFF
+    return h
+
+
+def sample_batch(ids: Tensor, batch: int, context: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``batch`` random windows of ``context`` tokens and their next-token targets, from a seeded generator."""
+    if ids.numel() < context + 2:
+        raise GaincellError(f"training text has {ids.numel()} tokens: need more than context + 1 = {context + 1}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - context - 1, (batch,), generator=g)
+    x = torch.stack([ids[s : s + context] for s in starts.tolist()])
+    y = torch.stack([ids[s + 1 : s + context + 1] for s in starts.tolist()])
+    return x, y
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class _Dist:
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_grads(self, model: nn.Module) -> None:
+        if not self.enabled:
+            return
+        for p in model.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(self.world)
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t) / self.world
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def _loss(model: nn.Module, x: Tensor, y: Tensor, teacher: nn.Module | None, cfg: TrainConfig) -> Tensor:
+    logits = model(input_ids=x).logits.float()
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+    if teacher is None or cfg.distill_weight == 0:
+        return ce
+    with torch.no_grad():
+        t_logits = teacher(input_ids=x).logits.float()
+    tau = cfg.distill_temperature
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(logits / tau, -1).flatten(0, 1),
+        torch.log_softmax(t_logits / tau, -1).flatten(0, 1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return (1 - cfg.distill_weight) * ce + cfg.distill_weight * tau * tau * kl
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, ids: Tensor, cfg: TrainConfig) -> float:
+    """Mean cross-entropy on ``eval_batches`` fixed batches of ``ids`` (the same batches at every evaluation)."""
+    was = model.training
+    model.eval()
+    total = 0.0
+    per = max(1, cfg.batch_size // cfg.grad_accum)
+    for i in range(cfg.eval_batches):
+        x, y = sample_batch(ids, per, cfg.context, _seed(cfg.seed, 0x7A1, i))
+        logits = model(input_ids=x.to(_device(model))).logits.float()
+        total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(logits.device).flatten()))
+    model.train(was)
+    return total / cfg.eval_batches
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _generators(model: nn.Module) -> list[torch.Generator]:
+    from gaincell.model import head_maps, is_converted
+
+    if not is_converted(model):
+        return []
+    return [m.generator for m in head_maps(model) if m.generator is not None]
+
+
+def _write_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    from gaincell.hub import atomic_dir, write_model_files
+
+    with atomic_dir(path) as tmp:
+        write_model_files(model, tmp, metadata=meta)
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        gens = {f"gen{i}": g.get_state() for i, g in enumerate(_generators(model))}
+        if gens:
+            save_file(gens, tmp / "noise_state.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}, indent=2))
+
+
+def _read_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig) -> int:
+    from safetensors.torch import load_file
+
+    from gaincell.hub import load
+
+    state = json.loads((path / "state.json").read_text())
+    saved = state["config"]
+    for key in ("batch_size", "context", "grad_accum", "seed", "steps"):
+        if saved.get(key) != getattr(cfg, key):
+            raise GaincellError(
+                f"cannot resume from {path}: it was written with {key} = {saved.get(key)!r}, now {getattr(cfg, key)!r} "
+                "(use the same settings, or a new --out folder)"
+            )
+    ckpt_model = load(path)
+    model.load_state_dict(ckpt_model.state_dict())
+    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if (path / "noise_state.safetensors").is_file():
+        states = load_file(path / "noise_state.safetensors")
+        for i, g in enumerate(_generators(model)):
+            g.set_state(states[f"gen{i}"])
+    return int(state["step"])
+
+
+def _redo_cut_evaluation(log_path: Path, model: nn.Module, val_ids: Tensor, cfg: TrainConfig, step: int) -> None:
+    """If the checkpointed step was interrupted before its scheduled evaluation, evaluate now and patch its record."""
+    lines = log_path.read_text().splitlines()
+    if not lines:
+        return
+    rec = json.loads(lines[-1])
+    if rec.get("step") != step or not rec.pop("interrupted", False):
+        return
+    if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
+        vl = evaluate_loss(model, val_ids, cfg)
+        rec.update(val_loss=vl, val_ppl=math.exp(vl))
+    lines[-1] = json.dumps(rec)
+    atomic_write_text(log_path, "".join(ln + "\n" for ln in lines))
+
+
+def finetune(
+    model: nn.Module,
+    train_ids: Tensor,
+    val_ids: Tensor | None,
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    teacher: nn.Module | None = None,
+    tokenizer: Any = None,
+    metadata: dict[str, Any] | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` in place; writes ``out/log.jsonl``, ``out/checkpoint/`` and the final ``out/model/``.
+
+    Returns a summary with the final validation loss/perplexity (when ``val_ids`` is given).
+    """
+    cfg.validate()
+    dist = _Dist()
+    out = Path(out)
+    micro = cfg.batch_size // cfg.grad_accum
+    if micro % dist.world:
+        raise GaincellError(f"batch_size / grad_accum = {micro} must be divisible by the {dist.world} processes")
+    per_rank = micro // dist.world
+    device = _device(model)
+    model.train()
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    ckpt = out / "checkpoint"
+    log_path = out / "log.jsonl"
+    start = 0
+    meta = dict(metadata or {})
+    if resume and (ckpt / "state.json").is_file():
+        start = _read_checkpoint(ckpt, model, opt, cfg) + 1
+        if dist.main and log_path.is_file():  # keep exactly the log lines up to the checkpoint
+            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln).get("step", -1) < start]
+            atomic_write_text(log_path, "".join(k + "\n" for k in keep))
+    elif dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if log_path.exists():
+            log_path.unlink()
+    bar = None
+    if progress and dist.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step")
+    last: dict[str, Any] = {}
+    step = start - 1
+    t0 = time.time()
+    logged = start - 1  # the last step whose record is in the log
+    pending: dict[str, Any] | None = None  # record of an optimizer step that is done but not yet logged
+
+    def log(record: dict[str, Any]) -> None:
+        nonlocal logged
+        if dist.main:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        logged = record["step"]
+
+    if start > 0 and val_ids is not None and dist.main and log_path.is_file():
+        _redo_cut_evaluation(log_path, model, val_ids, cfg, start - 1)
+
+    try:
+        for step in range(start, cfg.steps):
+            lr = cfg.lr_at(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for m in range(cfg.grad_accum):
+                x, y = sample_batch(train_ids, micro, cfg.context, _seed(cfg.seed, step, m))
+                x = x[dist.rank * per_rank : (dist.rank + 1) * per_rank].to(device)
+                y = y[dist.rank * per_rank : (dist.rank + 1) * per_rank].to(device)
+                loss = _loss(model, x, y, teacher, cfg)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += float(loss.detach()) / cfg.grad_accum
+            dist.all_reduce_grads(model)
+            loss_sum = dist.mean(loss_sum)
+            if not math.isfinite(loss_sum):
+                raise GaincellError(f"training diverged: loss {loss_sum} at step {step} (try a lower --lr)")
+            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+            opt.step()
+            record: dict[str, Any] = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": gnorm}
+            pending = record
+            final = step == cfg.steps - 1
+            if val_ids is not None and ((step + 1) % cfg.eval_every == 0 or final):
+                vl = dist.mean(evaluate_loss(model, val_ids, cfg))
+                record.update(val_loss=vl, val_ppl=math.exp(vl))
+            record["elapsed_s"] = round(time.time() - t0, 2)
+            if step % cfg.log_every == 0 or "val_loss" in record or final:
+                log(record)
+            pending = None
+            last = record
+            if bar is not None:
+                bar.set_postfix(
+                    loss=f"{loss_sum:.3f}", **({"val_ppl": f"{record['val_ppl']:.1f}"} if "val_ppl" in record else {})
+                )
+                bar.update(1)
+            if dist.main and ((step + 1) % cfg.save_every == 0 or final):
+                _write_checkpoint(ckpt, model, opt, step, cfg, meta)
+            dist.barrier()
+    except KeyboardInterrupt:
+        done = step if pending is not None else step - 1  # was the interrupted step's update applied?
+        if pending is not None and logged < step:
+            pending["interrupted"] = True  # its scheduled evaluation (if any) is redone on resume
+            log(pending)
+        if dist.main and done >= start:
+            _write_checkpoint(ckpt, model, opt, done, cfg, meta)
+            if bar is not None:
+                bar.write(f"interrupted: checkpoint of step {step} written to {ckpt}; run again to resume")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = {"steps": cfg.steps, "final": last, "config": dataclasses.asdict(cfg)}
+    if dist.main:
+        from gaincell.hub import save
+
+        if "val_loss" in last:
+            meta.setdefault("metrics", {})["val_ppl"] = last["val_ppl"]
+        meta["training"] = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * cfg.context}
+        save(model, out / "model", tokenizer=tokenizer, metadata=meta)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
