@@ -59,7 +59,7 @@ def head_statistics(model: nn.Module, batch: Tensor) -> tuple[dict[tuple[int, st
     for m in maps:
         m.recorder = {}
     try:
-        logits = model(input_ids=batch).logits
+        logits = model(input_ids=batch, use_cache=False).logits
         loss = float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten()))
         stats = {}
         for m in maps:

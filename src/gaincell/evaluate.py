@@ -92,7 +92,7 @@ def perplexity(
             for i in range(0, len(ws), batch_size):
                 chunk = ws[i : i + batch_size]
                 x = torch.stack([ids[b:e] for b, e, _ in chunk]).to(device)
-                logits = model(input_ids=x).logits.float()
+                logits = model(input_ids=x, use_cache=False).logits.float()
                 logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, x[:, 1:, None])[..., 0]  # predicts x[t+1]
                 for row, (b, _e, first) in enumerate(chunk):
                     scored = logp[row, first - b - 1 :]

@@ -943,6 +943,7 @@ def analog_attention(
     key_start: int = 0,
     layer: int = 0,
     generator: torch.Generator | None = None,
+    voltages: bool = False,
 ) -> Tensor:
     """Attention exactly as the gain-cell engine computes it, per head, before the output affine map.
 
@@ -955,6 +956,8 @@ def analog_attention(
         layer: layer index, seeds the fixed cell variation (each layer has its own physical arrays).
         generator: random stream for read/write noise; default: a fresh one seeded from ``config.seed`` and
             ``layer`` (so repeated calls draw identical noise).
+        voltages: k and v are already-written signed cell voltages y = V - kv_offset (the analog KV cache's
+            contents): no DAC and no write noise are applied to them; leakage still follows ``decay_per_token``.
 
     Returns:
         (B, H, Tq, D): the sum over tiles of the quantised tile readouts, in units of full scale.
@@ -971,8 +974,10 @@ def analog_attention(
     noisy = cfg.write_noise > 0 or cfg.read_noise_score > 0 or cfg.read_noise_output > 0
     if noisy and generator is None:
         generator = make_generator(cfg, layer, q.device)
-    raw_kv = cfg.write_noise == 0
-    if not raw_kv:  # written voltage = DAC level + noise, held within the rails; drawn once per written key
+    raw_kv = cfg.write_noise == 0 and not voltages
+    if voltages:
+        k, v = k.to(dtype), v.to(dtype)
+    elif not raw_kv:  # written voltage = DAC level + noise, held within the rails; drawn once per written key
         kd = dac(k.to(dtype), 0.0, cfg.kv_max, cfg.kv_levels)
         vd = dac(v.to(dtype), 0.0, cfg.kv_max, cfg.kv_levels)
         noise_k = torch.randn(kd.shape, generator=generator, dtype=dtype, device=kd.device)

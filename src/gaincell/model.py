@@ -103,6 +103,7 @@ class HeadMaps(nn.Module):
         self.spec: AttentionSpec = SoftmaxSpec()
         self.recorder: dict[str, list[Tensor]] | None = None  # per-head running sums while recording statistics
         self.generator: torch.Generator | None = None  # noise stream of this layer (advances call to call)
+        self.active_cache: Any = None  # the AnalogKVCache layer that just received this layer's new K and V
 
     def extra_repr(self) -> str:
         return f"layer={self.layer}, heads={self.q_scale.numel()}, kv_heads={self.k_scale.numel()}"
@@ -143,6 +144,14 @@ def gaincell_attention(
     """The attention function registered with transformers as ``gaincell``; returns (B, Tq, H, D)."""
     maps: HeadMaps = module.gaincell  # type: ignore[assignment]
     spec = maps.spec
+    if maps.active_cache is not None:  # decoding through the simulated analog KV cache
+        layer, maps.active_cache = maps.active_cache, None
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise GaincellError("the analog KV cache takes a 2-D padding mask only")
+        out = layer.attend(maps, query, attention_mask)
+        out = maps.apply(out, maps.out_scale, maps.out_bias)
+        maps.record("out", out)
+        return out.transpose(1, 2), None
     groups = query.shape[1] // key.shape[1]
     padding = _padding_mask(attention_mask, query, key)
     if isinstance(spec, SoftmaxSpec):
@@ -299,6 +308,9 @@ def convert(model: nn.Module, config: AttentionSpec | str | Path | dict[str, Any
         maps.generator = make_generator(spec, layer.index, param.device) if noisy else None
     model.set_attn_implementation(ATTN_NAME)
     model._gaincell_spec = spec  # type: ignore[assignment]
+    from gaincell.cache import install_default_cache
+
+    install_default_cache(model)
     return model
 
 

@@ -135,12 +135,12 @@ class _Dist:
 
 
 def _loss(model: nn.Module, x: Tensor, y: Tensor, teacher: nn.Module | None, cfg: TrainConfig) -> Tensor:
-    logits = model(input_ids=x).logits.float()
+    logits = model(input_ids=x, use_cache=False).logits.float()
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
     if teacher is None or cfg.distill_weight == 0:
         return ce
     with torch.no_grad():
-        t_logits = teacher(input_ids=x).logits.float()
+        t_logits = teacher(input_ids=x, use_cache=False).logits.float()
     tau = cfg.distill_temperature
     kl = torch.nn.functional.kl_div(
         torch.log_softmax(logits / tau, -1).flatten(0, 1),
@@ -160,7 +160,7 @@ def evaluate_loss(model: nn.Module, ids: Tensor, cfg: TrainConfig) -> float:
     per = max(1, cfg.batch_size // cfg.grad_accum)
     for i in range(cfg.eval_batches):
         x, y = sample_batch(ids, per, cfg.context, _seed(cfg.seed, 0x7A1, i))
-        logits = model(input_ids=x.to(_device(model))).logits.float()
+        logits = model(input_ids=x.to(_device(model)), use_cache=False).logits.float()
         total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(logits.device).flatten()))
     model.train(was)
     return total / cfg.eval_batches

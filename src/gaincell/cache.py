@@ -1,0 +1,348 @@
+"""A simulated analog KV cache: ring buffers of gain cells whose stored charge leaks in (simulated) real time.
+
+Per layer, batch entry and key/value head, ``window`` slots hold *voltages*: a new token's K and V go through the
+per-head maps and the DAC (clamp, 3-bit quantisation, optional write noise) and are written into slot
+``n mod window`` (n = the sequence's count of real tokens), stamped with the hardware time.  A read sees every stored
+signed voltage relaxed toward ``kv_offset`` as ``y * exp(-age / tau)``, age = now - write time, where time advances by
+``token_period`` per token plus any idle time injected with :meth:`AnalogKVCache.advance_time`.  Reads are the
+analog arrays (:func:`gaincell.analog_attention` on the stored voltages); the array never grows.
+
+With no noise and no idle time, token-by-token decoding equals the parallel kernel (same window, same per-token
+decay lambda = token_period / tau); the first multi-token prefill of an empty cache *is* the parallel kernel.
+
+Refresh: ``refresh="periodic"`` senses every written cell each ``refresh_period`` seconds and rewrites it at the
+nearest DAC level (with write noise, if any), restarting its leak; :attr:`AnalogKVCache.refresh_writes` counts them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from gaincell.config import HardwareConfig
+from gaincell.errors import GaincellError
+from gaincell.kernel import _mix, analog_attention, dac
+
+__all__ = ["AnalogKVCache"]
+
+
+@functools.lru_cache(maxsize=32)
+def _no_leak(cfg: HardwareConfig) -> HardwareConfig:
+    """The same hardware reading voltages whose leakage was already applied."""
+    return cfg.replace(decay_per_token=0.0)
+
+
+class AnalogCacheLayer(CacheLayerMixin):
+    """One layer's ring buffers of stored voltages (see the module docstring)."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(self, cache: AnalogKVCache, index: int):
+        super().__init__()
+        self.cache = cache
+        self.index = index
+        self.yk: Tensor | None = None  # (B, Hkv, W, D) signed voltages as written
+        self.yv: Tensor | None = None
+        self.t_write: Tensor | None = None  # (B, W) float64 write time of each slot (s)
+        self.written: Tensor | None = None  # (B,) real tokens written so far
+        self.steps = 0  # token steps processed (padding included): the next token's position
+        self.pending: tuple[Tensor, Tensor] | None = None
+        self.last_refresh = 0.0
+
+    # --------------------------------------------------------------- transformers Cache layer interface
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        b, hkv, _, d = key_states.shape
+        w = self.cache.hardware.window
+        dtype = torch.float64 if key_states.dtype == torch.float64 else torch.float32
+        self.yk = torch.zeros(b, hkv, w, d, dtype=dtype, device=key_states.device)
+        self.yv = torch.zeros_like(self.yk)
+        self.t_write = torch.zeros(b, w, dtype=torch.float64, device=key_states.device)
+        self.written = torch.zeros(b, dtype=torch.long, device=key_states.device)
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        assert self.yk is not None
+        if (
+            key_states.shape[0] != self.yk.shape[0]
+            or key_states.shape[1] != self.yk.shape[1]
+            or key_states.shape[3] != self.yk.shape[3]
+        ):
+            raise GaincellError(
+                f"this AnalogKVCache holds (batch, kv heads, head dim) = {tuple(self.yk.shape[i] for i in (0, 1, 3))} in layer "
+                f"{self.index}, got {tuple(key_states.shape[i] for i in (0, 1, 3))}: a cache cannot be reused across "
+                "models or batch sizes"
+            )
+        self.pending = (key_states, value_states)
+        self.cache.maps[self.index].active_cache = self
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return self.steps
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.steps + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.yk = self.yv = self.t_write = self.written = None
+        self.steps = 0
+        self.pending = None
+        self.last_refresh = 0.0
+        self.is_initialized = False
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._select(beam_idx)
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._select(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self._select(torch.arange(self.yk.shape[0], device=self.device).repeat_interleave(repeats))  # type: ignore[union-attr]
+
+    def _select(self, idx: Tensor) -> None:
+        if not self.is_initialized:
+            return
+        idx = idx.to(self.device)
+        self.yk, self.yv = self.yk.index_select(0, idx), self.yv.index_select(0, idx)  # type: ignore[union-attr]
+        self.t_write, self.written = self.t_write.index_select(0, idx), self.written.index_select(0, idx)  # type: ignore[union-attr]
+
+    # --------------------------------------------------------------- the analog arrays
+    def now(self, step: int) -> float:
+        return step * self.cache.hardware.token_period + self.cache.idle
+
+    def _voltages(self, x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+        """DAC write of mapped K or V: clamp, quantise, offset; plus write noise (drawn once per written cell)."""
+        hw = self.cache.hardware
+        y = dac((x * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)).to(self.yk.dtype), 0.0, hw.kv_max, hw.kv_levels)  # type: ignore[union-attr]
+        if hw.write_noise > 0:
+            noise = torch.randn(y.shape, generator=self.cache.write_generator(y.device), dtype=y.dtype, device=y.device)
+            y = (y + hw.write_noise * noise).clamp(0.0, hw.kv_max)
+        return y - hw.kv_offset
+
+    def attend(self, maps: Any, query: Tensor, padding: Tensor | None) -> Tensor:
+        """Write the pending tokens and read every query through the arrays; returns (B, H, Tq, D) before the out map."""
+        assert self.pending is not None and self.yk is not None and self.yv is not None
+        assert self.t_write is not None and self.written is not None
+        key, value = self.pending
+        self.pending = None
+        hw = self.cache.hardware
+        with torch.no_grad():
+            q = (query * maps.q_scale.view(1, -1, 1, 1) + maps.q_bias.view(1, -1, 1, 1)).to(self.yk.dtype)
+            yk = self._voltages(key, maps.k_scale, maps.k_bias)
+            yv = self._voltages(value, maps.v_scale, maps.v_bias)
+            b, h, tq, d = q.shape
+            real = torch.ones(b, tq, dtype=torch.bool, device=q.device) if padding is None else padding[:, -tq:].bool()
+            out = q.new_zeros(b, h, tq, d)
+            if self.steps == 0 and tq > 1:
+                self._prefill(q, yk, yv, real, out, maps)
+            else:
+                for t in range(tq):
+                    self._decode_one(q[:, :, t : t + 1], yk[:, :, t], yv[:, :, t], real[:, t], out[:, :, t : t + 1], maps)
+        return out.to(query.dtype)
+
+    def _groups(self, h: int) -> int:
+        return h // self.yk.shape[1]  # type: ignore[union-attr]
+
+    def _prefill(self, q: Tensor, yk: Tensor, yv: Tensor, real: Tensor, out: Tensor, maps: Any) -> None:
+        """Empty cache, several tokens: the parallel kernel (it is what the arrays compute), then write the ring."""
+        hw = self.cache.hardware
+        g = self._groups(q.shape[1])
+        starts = [int(r.nonzero()[0]) if bool(r.any()) else q.shape[2] for r in real]
+        if len(set(starts)) == 1 and bool(real[:, starts[0] :].all()):
+            groups = [(list(range(q.shape[0])), starts[0])]
+        else:
+            groups = [([i], s) for i, s in enumerate(starts)]
+        for rows, s in groups:
+            if s >= q.shape[2]:
+                continue
+            idx = torch.tensor(rows, device=q.device)
+            k_ = yk.index_select(0, idx)[:, :, s:].repeat_interleave(g, 1)
+            v_ = yv.index_select(0, idx)[:, :, s:].repeat_interleave(g, 1)
+            o = analog_attention(
+                q.index_select(0, idx)[:, :, s:], k_, v_, hw, voltages=True, layer=self.index, generator=maps.generator
+            )
+            out[idx, :, s:] = o
+        for t in range(q.shape[2]):
+            self._write(yk[:, :, t], yv[:, :, t], real[:, t], self.now(self.steps))
+            self.steps += 1
+
+    def _write(self, yk: Tensor, yv: Tensor, real: Tensor, now: float) -> None:
+        w = self.cache.hardware.window
+        rows = real.nonzero().flatten()
+        if rows.numel() == 0:
+            return
+        slots = self.written[rows] % w  # type: ignore[index]
+        self.yk[rows, :, slots] = yk[rows].to(self.yk.dtype)  # type: ignore[index]
+        self.yv[rows, :, slots] = yv[rows].to(self.yv.dtype)  # type: ignore[index]
+        self.t_write[rows, slots] = now  # type: ignore[index]
+        self.written[rows] += 1  # type: ignore[index]
+
+    def _decayed(self, rows: Tensor, n: int, now: float) -> tuple[Tensor, Tensor]:
+        """Stored voltages of ``rows``' first ``n`` slots as they read at time ``now``."""
+        tau = self.cache.hardware.retention_time
+        yk = self.yk.index_select(0, rows)[:, :, :n]  # type: ignore[union-attr]
+        yv = self.yv.index_select(0, rows)[:, :, :n]  # type: ignore[union-attr]
+        if math.isinf(tau):
+            return yk, yv
+        age = now - self.t_write.index_select(0, rows)[:, :n]  # type: ignore[union-attr]
+        f = torch.exp(-age / tau).to(yk.dtype)[:, None, :, None]
+        return yk * f, yv * f
+
+    def _refresh(self, now: float) -> None:
+        """Sense every written cell and rewrite it at the nearest DAC level; restart its leak."""
+        hw = self.cache.hardware
+        rows = torch.arange(self.yk.shape[0], device=self.device)  # type: ignore[union-attr]
+        n = min(int(self.written.max()), hw.window)  # type: ignore[union-attr]
+        if n == 0:
+            return
+        yk, yv = self._decayed(rows, n, now)
+        valid = torch.arange(n, device=self.device)[None, :] < self.written[:, None].clamp(max=hw.window)  # type: ignore[index]
+        for src, dst in ((yk, self.yk), (yv, self.yv)):
+            v = dac(src + hw.kv_offset, 0.0, hw.kv_max, hw.kv_levels)
+            if hw.write_noise > 0:
+                noise = torch.randn(v.shape, generator=self.cache.write_generator(v.device), dtype=v.dtype, device=v.device)
+                v = (v + hw.write_noise * noise).clamp(0.0, hw.kv_max)
+            dst[:, :, :n] = torch.where(valid[:, None, :, None], v - hw.kv_offset, dst[:, :, :n])  # type: ignore[index]
+        self.t_write[:, :n] = torch.where(valid, torch.full_like(self.t_write[:, :n], now), self.t_write[:, :n])  # type: ignore[index]
+        self.cache.refresh_writes += 2 * int(valid.sum()) * self.yk.shape[1] * self.yk.shape[3]  # type: ignore[union-attr]
+        self.last_refresh = now
+
+    def _decode_one(self, q: Tensor, yk: Tensor, yv: Tensor, real: Tensor, out: Tensor, maps: Any) -> None:
+        hw = self.cache.hardware
+        now = self.now(self.steps)
+        if self.cache.refresh_period is not None and now - self.last_refresh >= self.cache.refresh_period:
+            self._refresh(now)
+        self._write(yk, yv, real, now)
+        self.steps += 1
+        g = self._groups(q.shape[1])
+        n_valid = self.written.clamp(max=hw.window)  # type: ignore[union-attr]
+        for n in sorted(set(n_valid[real].tolist())):
+            rows = (real & (n_valid == n)).nonzero().flatten()
+            k_, v_ = self._decayed(rows, n, now)
+            o = analog_attention(
+                q.index_select(0, rows),
+                k_.repeat_interleave(g, 1),
+                v_.repeat_interleave(g, 1),
+                _no_leak(hw),
+                voltages=True,
+                layer=self.index,
+                generator=maps.generator,
+            )
+            out[rows] = o
+
+
+class AnalogKVCache(Cache):
+    """A transformers ``Cache`` that simulates the gain-cell arrays as the KV cache (see the module docstring).
+
+    ``AnalogKVCache(model)`` for a converted model; pass it as ``past_key_values=`` (or let a converted model create
+    one: it does whenever ``use_cache=True`` in eval mode).
+
+    Args:
+        model: a model converted to an analog hardware config.
+        refresh: ``"none"`` or ``"periodic"``.
+        refresh_period: seconds between refreshes (``"periodic"`` only).
+        hardware: override the model's hardware config (e.g. another retention time or token period).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        refresh: str = "none",
+        refresh_period: float | None = None,
+        hardware: HardwareConfig | None = None,
+    ):
+        from gaincell.model import attention_layers, attention_spec, head_maps
+
+        spec = hardware or attention_spec(model)
+        if not isinstance(spec, HardwareConfig):
+            raise GaincellError("AnalogKVCache needs a model converted to analog hardware (not softmax or unconverted)")
+        if refresh not in ("none", "periodic"):
+            raise GaincellError(f"refresh must be 'none' or 'periodic', got {refresh!r}")
+        if refresh == "periodic":
+            if refresh_period is None or not (refresh_period > 0 and math.isfinite(refresh_period)):
+                raise GaincellError(f"refresh_period must be a positive number of seconds, got {refresh_period!r}")
+        elif refresh_period is not None:
+            raise GaincellError("refresh_period is only used with refresh='periodic'")
+        self.hardware = spec
+        self.maps = {m.layer: m for m in head_maps(model)}
+        self.n_layers = len(attention_layers(model))
+        self.refresh_period = refresh_period if refresh == "periodic" else None
+        self.refresh_writes = 0
+        self.idle = 0.0
+        self._gen: torch.Generator | None = None
+        self.model_config = model.config
+        super().__init__(layers=[AnalogCacheLayer(self, i) for i in range(self.n_layers)])
+
+    def advance_time(self, seconds: float) -> None:
+        """Let the arrays sit idle for ``seconds`` (their charge keeps leaking) before the next token."""
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+            raise GaincellError(f"advance_time: seconds must be a finite number >= 0, got {seconds!r}")
+        self.idle += float(seconds)
+
+    @property
+    def time(self) -> float:
+        """Simulated hardware time of the next token (s)."""
+        return self.layers[0].now(self.layers[0].steps) if self.layers else self.idle
+
+    def write_generator(self, device: torch.device) -> torch.Generator:
+        if self._gen is None:
+            self._gen = torch.Generator(device=device).manual_seed(_mix(self.hardware.seed, 0xCAC7E))
+        return self._gen
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].get_seq_length() if layer_idx < len(self.layers) else 0
+
+
+def install_default_cache(model: nn.Module) -> None:
+    """Make a converted model create an :class:`AnalogKVCache` whenever it would create a default cache.
+
+    Also refuses, with a clear error, to run an absolute-position model (GPT-2) past its ``n_positions``.
+    """
+    from transformers.cache_utils import DynamicCache
+
+    inner = getattr(model, "transformer", None) or getattr(model, "model", None)
+    if inner is None or getattr(inner, "_gaincell_hook", None) is not None:
+        return
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        from gaincell.model import attention_spec
+
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        length = ids.shape[1] if ids is not None else (embeds.shape[1] if embeds is not None else 0)
+        key = "cache" if "cache" in kwargs or "past_key_values" not in kwargs else "past_key_values"
+        cache = kwargs.get(key)
+        use_cache = kwargs.get("use_cache")
+        if use_cache is None:
+            use_cache = getattr(model.config, "use_cache", False)
+        spec = attention_spec(model)
+        fresh = cache is None or (type(cache) is DynamicCache and cache.get_seq_length() == 0)
+        if use_cache and not model.training and fresh and isinstance(spec, HardwareConfig):
+            cache = AnalogKVCache(model)
+            kwargs[key] = cache
+        n_pos = getattr(model.config, "n_positions", None)
+        pos = kwargs.get("position_ids")
+        if n_pos is not None:
+            seen = cache.get_seq_length() if cache is not None else 0
+            last = int(pos.max()) + 1 if pos is not None and pos.numel() else seen + length
+            if last > n_pos:
+                raise GaincellError(
+                    f"{type(model).__name__} uses absolute positions and supports {n_pos} tokens; the cache holds {seen} "
+                    f"and {length} more were given: generation past n_positions is not possible for this model"
+                )
+        return args, kwargs
+
+    inner._gaincell_hook = inner.register_forward_pre_hook(hook, with_kwargs=True)
