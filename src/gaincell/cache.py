@@ -137,7 +137,6 @@ class AnalogCacheLayer(CacheLayerMixin):
         assert self.t_write is not None and self.written is not None
         key, value = self.pending
         self.pending = None
-        hw = self.cache.hardware
         with torch.no_grad():
             q = (query * maps.q_scale.view(1, -1, 1, 1) + maps.q_bias.view(1, -1, 1, 1)).to(self.yk.dtype)
             yk = self._voltages(key, maps.k_scale, maps.k_bias)
