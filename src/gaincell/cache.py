@@ -306,7 +306,8 @@ class AnalogKVCache(Cache):
 
 
 def install_default_cache(model: nn.Module) -> None:
-    """Make a converted model create an :class:`AnalogKVCache` whenever it would create a default cache.
+    """Make a converted model create an :class:`AnalogKVCache` whenever it would create a default cache for inference
+    (eval mode, autograd off: ``generate()``, ``torch.no_grad()`` loops).
 
     Also refuses, with a clear error, to run an absolute-position model (GPT-2) past its ``n_positions``.
     """
@@ -329,7 +330,8 @@ def install_default_cache(model: nn.Module) -> None:
             use_cache = getattr(model.config, "use_cache", False)
         spec = attention_spec(model)
         fresh = cache is None or (type(cache) is DynamicCache and cache.get_seq_length() == 0)
-        if use_cache and not model.training and fresh and isinstance(spec, HardwareConfig):
+        inference = not model.training and not torch.is_grad_enabled()  # caching is for inference only
+        if use_cache and inference and fresh and isinstance(spec, HardwareConfig):
             cache = AnalogKVCache(model)
             kwargs[key] = cache
         n_pos = getattr(model.config, "n_positions", None)

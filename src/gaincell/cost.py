@@ -128,6 +128,20 @@ BUILTIN_SHAPES = {
 }
 
 
+def model_shape_of(model: Any) -> ModelShape:
+    """Attention shape of a loaded model."""
+    return _shape_from_config(type(model).__name__, model.config)
+
+
+def _shape_from_config(name: str, cfg: Any) -> ModelShape:
+    layers = getattr(cfg, "n_layer", None) or cfg.num_hidden_layers
+    heads = getattr(cfg, "n_head", None) or cfg.num_attention_heads
+    width = getattr(cfg, "n_embd", None) or cfg.hidden_size
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or width // heads
+    return ModelShape(name, int(layers), int(heads), int(kv), int(head_dim))
+
+
 def model_shape(name: str) -> ModelShape:
     """Attention shape of a model: a built-in size, a shipped model, a local HF folder or a hub id."""
     key = name.split("/")[-1].lower()
@@ -145,12 +159,7 @@ def model_shape(name: str) -> ModelShape:
             f"unknown model {name!r}: use a built-in size ({', '.join(BUILTIN_SHAPES)}), a shipped model, "
             "a local Hugging Face folder, or a reachable hub id"
         ) from None
-    layers = getattr(cfg, "n_layer", None) or cfg.num_hidden_layers
-    heads = getattr(cfg, "n_head", None) or cfg.num_attention_heads
-    width = getattr(cfg, "n_embd", None) or cfg.hidden_size
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or width // heads
-    return ModelShape(name, int(layers), int(heads), int(kv), int(head_dim))
+    return _shape_from_config(name, cfg)
 
 
 # ---------------------------------------------------------------------------------------------------- analog engine

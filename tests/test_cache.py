@@ -1,0 +1,292 @@
+"""The analog KV cache: consistency with the parallel kernel, leakage in time, refresh, noise, generate(), CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from gaincell import HardwareConfig
+from gaincell.cache import AnalogKVCache
+from gaincell.cli import main
+from gaincell.errors import GaincellError
+from gaincell.generation import cache_perplexity, generate, retention_study
+from gaincell.hub import save
+from gaincell.model import convert
+
+V = 61
+SAT = {"score_saturation": 8.0, "output_saturation": 4.0}
+HW = HardwareConfig.preset("paper").replace(window=24, array_size=8, decay_per_token=0.01, **SAT)
+
+
+def active(model):
+    """Scale the per-head maps so a random tiny model really drives the arrays (q ~ [0, 1], k, v ~ 0.45 +- 0.3)."""
+    from gaincell.model import head_maps
+
+    with torch.no_grad():
+        for m in head_maps(model):
+            m.q_scale.fill_(6.0)
+            m.k_scale.fill_(3.0)
+            m.v_scale.fill_(3.0)
+    return model
+
+
+def attention_output_std(model, x):
+    from gaincell.model import head_maps
+
+    maps = list(head_maps(model))
+    for m in maps:
+        m.recorder = {}
+    model(input_ids=x, use_cache=False)
+    stds = []
+    for m in maps:
+        n, s1, s2 = m.recorder["out"]
+        stds.append(float(((s2 / n) - (s1 / n) ** 2).clamp(min=0).sqrt().min()))
+        m.recorder = None
+    return min(stds)
+
+
+def llama(seed=0, positions=512, dtype=torch.float64):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=V,
+        max_position_embeddings=positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def gpt2(seed=0, positions=128, dtype=torch.float64):
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=positions, vocab_size=V, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).to(dtype).eval()
+
+
+def _decode(model, x, prefill):
+    cache = AnalogKVCache(model)
+    outs = [model(input_ids=x[:, :prefill], cache=cache, use_cache=True).logits]
+    for t in range(prefill, x.shape[1]):
+        outs.append(model(input_ids=x[:, t : t + 1], cache=cache, use_cache=True).logits)
+    return torch.cat(outs, 1), cache
+
+
+@pytest.mark.parametrize("factory", [llama, gpt2])
+@pytest.mark.parametrize("preset", ["paper", "paper-linear"])
+def test_token_by_token_equals_parallel_past_the_window(factory, preset):
+    hw = HardwareConfig.preset(preset).replace(window=24, array_size=8, decay_per_token=0.01, **SAT)
+    model = active(convert(factory(), hw))
+    x = torch.randint(1, V, (2, 90))  # 90 tokens through a 24-slot ring: it wraps three times
+    assert attention_output_std(model, x) > 0.05  # every head's arrays produce a real signal
+    ref = model(input_ids=x, use_cache=False).logits
+    got, cache = _decode(model, x, prefill=20)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+    assert cache.layers[0].yk.shape[2] == 24 and cache.get_seq_length() == 90
+
+
+def test_float32_decoding_within_float32_tolerance_and_same_greedy_tokens():
+    model = active(convert(llama(dtype=torch.float32), HW))
+    x = torch.randint(1, V, (1, 80))
+    ref = model(input_ids=x, use_cache=False).logits
+    got, _ = _decode(model, x, prefill=10)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+def _parallel_greedy(model, prompt, n):
+    seq = prompt
+    for _ in range(n):
+        nxt = model(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], 1)
+    return seq
+
+
+def test_hf_generate_uses_the_analog_cache_and_matches_parallel_greedy():
+    model = active(convert(llama(), HW))
+    prompt = torch.randint(1, V, (1, 9))
+    out = model.generate(prompt, max_new_tokens=40, do_sample=False, return_dict_in_generate=True)
+    assert isinstance(out.past_key_values, AnalogKVCache)
+    assert torch.equal(out.sequences, _parallel_greedy(model, prompt, 40))
+
+
+def test_left_padded_batch_equals_each_sequence_alone():
+    model = active(convert(llama(), HW))
+    a, b = torch.randint(1, V, (1, 15)), torch.randint(1, V, (1, 8))
+    batch = torch.cat([a, torch.cat([torch.zeros(1, 7, dtype=torch.long), b], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :7] = 0
+    out = model.generate(batch, attention_mask=mask, max_new_tokens=35, do_sample=False)
+    assert torch.equal(out[0], model.generate(a, max_new_tokens=35, do_sample=False)[0])
+    assert torch.equal(out[1, 7:], model.generate(b, max_new_tokens=35, do_sample=False)[0])
+
+
+def test_an_idle_cell_holds_exp_minus_k_of_its_voltage():
+    hw = HW.replace(q_levels=None, kv_levels=None, out_levels=None, token_period=1e-9, retention_time=1e-3)
+    model = active(convert(llama(), hw))
+    cache = AnalogKVCache(model)
+    model(input_ids=torch.randint(1, V, (1, 1)), cache=cache, use_cache=True)
+    layer = cache.layers[0]
+    y0 = layer.yk[:, :, :1].clone()
+    for k in (0.5, 1.0, 3.0):
+        now = layer.now(layer.steps) + k * 1e-3
+        yk, _ = layer._decayed(torch.tensor([0]), 1, now)
+        torch.testing.assert_close(yk, y0 * math.exp(-k - 1e-9 / 1e-3), rtol=1e-9, atol=0)  # + one token period
+    cache.advance_time(2e-3)
+    assert cache.time == pytest.approx(1e-9 + 2e-3)
+
+
+def test_leakage_in_time_changes_outputs_and_refresh_restores_them():
+    hw = HW.replace(token_period=1e-6, retention_time=1e-3)
+    model = active(convert(llama(), hw))
+    x = torch.randint(1, V, (1, 40))
+
+    def run(refresh_period=None, idle=0.0):
+        cache = AnalogKVCache(model, refresh="periodic" if refresh_period else "none", refresh_period=refresh_period)
+        outs = []
+        for t in range(40):
+            if t:
+                cache.advance_time(idle)
+            outs.append(model(input_ids=x[:, t : t + 1], cache=cache, use_cache=True).logits)
+        return torch.cat(outs, 1), cache
+
+    fast, _ = run()
+    slow, _ = run(idle=2e-4)  # long pauses: the charge leaks
+    refreshed, cache = run(refresh_period=1e-5, idle=2e-4)  # sense-and-rewrite before every token
+    assert not torch.allclose(slow, fast, atol=1e-3)
+    assert (refreshed - fast).abs().max() < (slow - fast).abs().max()
+    assert cache.refresh_writes > 0
+    # refreshed voltages sit exactly on DAC levels again (y + 0.45 = k * 0.9/7)
+    levels = (cache.layers[0].yk[:, :, :24] + 0.45) / (0.9 / 7)
+    torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-9)
+
+
+def test_noisy_cache_is_reproducible():
+    hw = HW.replace(write_noise=0.02, read_noise_score=0.5, read_noise_output=0.2, seed=3)
+    x = torch.randint(1, V, (1, 30))
+    a, _ = _decode(active(convert(llama(), hw)), x, prefill=5)
+    b, _ = _decode(active(convert(llama(), hw)), x, prefill=5)
+    c, _ = _decode(active(convert(llama(), hw.replace(seed=4))), x, prefill=5)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, c)
+
+
+def test_rope_model_streams_past_its_context_in_constant_memory():
+    model = active(convert(llama(positions=32), HW))
+    prompt = torch.randint(1, V, (1, 10))
+    out = model.generate(prompt, max_new_tokens=120, do_sample=False, return_dict_in_generate=True)
+    assert out.sequences.shape[1] == 130
+    cache = out.past_key_values
+    assert cache.layers[0].yk.shape == (1, 2, 24, 8) and cache.get_seq_length() >= 129
+
+
+def test_gpt2_past_n_positions_is_a_clear_error():
+    model = convert(gpt2(positions=32), HW)
+    with pytest.raises(GaincellError, match="absolute positions"):
+        model.generate(torch.randint(1, V, (1, 20)), max_new_tokens=30, do_sample=False)
+
+
+def test_bad_input():
+    model = active(convert(llama(), HW))
+    cache = AnalogKVCache(model)
+    with pytest.raises(GaincellError, match="seconds"):
+        cache.advance_time(-1.0)
+    with pytest.raises(GaincellError, match="refresh_period"):
+        AnalogKVCache(model, refresh="periodic", refresh_period=0.0)
+    with pytest.raises(GaincellError, match="refresh must be"):
+        AnalogKVCache(model, refresh="sometimes")
+    with pytest.raises(ValueError, match="retention_time"):
+        HW.replace(retention_time=0.0)
+    with pytest.raises(ValueError, match="window"):
+        HW.replace(window=0)
+    model(input_ids=torch.randint(1, V, (1, 5)), cache=cache, use_cache=True)
+    other = convert(gpt2(), HW)
+    with pytest.raises(GaincellError, match="reused across"):
+        other(input_ids=torch.randint(1, V, (1, 1)), cache=cache, use_cache=True)
+    with pytest.raises(GaincellError, match="analog hardware"):
+        AnalogKVCache(convert(llama(), "softmax"))
+
+
+class _Tok:
+    eos_token_id = None
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1 + (ord(c) % (V - 1)) for c in text]}
+
+    def decode(self, ids):
+        return "".join(chr(97 + i % 26) for i in ids)
+
+
+def test_generate_function_reports_hardware_time_and_energy():
+    model = active(convert(llama(), HW))
+    res = generate(model, _Tok(), "hello", max_new_tokens=6, idle=1e-3)
+    assert res["new_tokens"] == 6 and res["tokens_per_s"] > 0
+    # 5 prompt + 6 new tokens were written; idle between the 5 decode steps after the first
+    expected = 10 * HW.token_period + 5e-3
+    assert res["hardware_time_s"] == pytest.approx(expected)
+    assert res["energy_per_token_j"] is None and "64x64" in res["cost_note"]  # 8-token arrays: not costed
+    res64 = generate(active(convert(llama(), HW.replace(array_size=64, window=64))), _Tok(), "hello", max_new_tokens=2)
+    assert res64["energy_per_token_j"] > 0
+    with pytest.raises(GaincellError, match="empty"):
+        generate(model, _Tok(), "", max_new_tokens=3)
+    with pytest.raises(GaincellError, match="idle"):
+        generate(model, _Tok(), "x", idle=-1.0)
+
+
+def test_retention_study_degrades_at_short_tau():
+    model = active(convert(llama(dtype=torch.float32), HW.replace(token_period=1e-6)))
+    ids = torch.randint(1, V, (160,))
+    data = retention_study(model, ids, context=40, taus=[1e-6, 1e2], idles=[0.0], progress=False)
+    rows = {(r["retention_time_s"], r["refresh"]): r["perplexity"] for r in data["rows"]}
+    ideal = data["no_leak_perplexity"]
+    assert rows[(1e2, False)] == pytest.approx(ideal, rel=1e-5)  # tau >> the sequence: as if nothing leaked
+    assert abs(rows[(1e-6, False)] / ideal - 1) > 1e-4  # tau = one token period: the window is wiped
+    assert cache_perplexity(model, ids, context=40, hardware=HW)["tokens"] == 4 * 39
+
+
+def test_generate_and_retention_cli(tmp_path, capsys):
+    from gaincell.commands import new_model
+    from gaincell.data import shakespeare_plays, subvocab_tokenizer
+
+    text = shakespeare_plays()["tempest"][:5000]
+    tok = subvocab_tokenizer([text])
+    model = convert(new_model("gpt2", layers=1, width=32, heads=2, kv_heads=None, context=48, vocab=len(tok), seed=0), HW)
+    save(model, tmp_path / "m", tokenizer=tok)
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "Thou", "--max-new-tokens", "5", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["new_tokens"] == 5 and res["hardware"] == HW.name
+    (tmp_path / "t.txt").write_text(text)
+    assert (
+        main(
+            [
+                "retention",
+                "--model",
+                str(tmp_path / "m"),
+                "--text",
+                str(tmp_path / "t.txt"),
+                "--tokens",
+                "200",
+                "--taus",
+                "1e-5,1",
+                "--idle",
+                "0",
+                "--out",
+                str(tmp_path / "r"),
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["rows"]) == 4 and (tmp_path / "r" / "retention.png").stat().st_size > 10_000
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", ""]) == 2
+    assert "empty" in capsys.readouterr().err
