@@ -121,7 +121,7 @@ def _registrations() -> list[Callable[[Any], None]]:
     return regs
 
 
-_COMMAND_MODULES: list[str] = ["gaincell.commands", "gaincell.generation"]
+_COMMAND_MODULES: list[str] = ["gaincell.commands", "gaincell.generation", "gaincell.bench"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

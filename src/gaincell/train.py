@@ -347,6 +347,9 @@ def finetune(
     finally:
         if bar is not None:
             bar.close()
+    if not last and log_path.is_file():  # resumed a finished run: nothing was left to do
+        lines = [ln for ln in log_path.read_text().splitlines() if ln]
+        last = json.loads(lines[-1]) if lines else {}
     summary = {"steps": cfg.steps, "final": last, "config": dataclasses.asdict(cfg)}
     if dist.main:
         from gaincell.hub import save
