@@ -132,7 +132,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         metadata=meta,
         resume=not args.no_resume,
         progress=not args.quiet,
+        stop_after=args.stop_after_steps,
     )
+    if "stopped_at" in summary:
+        print(f"stopped after step {summary['stopped_at']}: checkpoint in {Path(args.out) / 'checkpoint'}; run again to resume")
+        return 0
     final = summary["final"]
     line = f"done: {cfg.steps} steps, loss {final['loss']:.4f}"
     if "val_ppl" in final:
@@ -182,6 +186,17 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         anneal=args.anneal,
         progress=not args.quiet,
     )
+    from gaincell.train import _Dist
+
+    dist = _Dist()
+    if dist.enabled:  # every rank adapted the same batch; rank 0's maps are the reference, broadcast to all
+        from gaincell.model import head_maps
+
+        for maps in head_maps(model):
+            for p in maps.parameters():
+                torch.distributed.broadcast(p.data, src=0)
+        if not dist.main:
+            return 0
     report["adaptation"] = result.to_dict()
     if eval_ids is not None:
         report["after_perplexity"] = perplexity(model, eval_ids, context=args.calib_context, progress=not args.quiet)[
@@ -327,6 +342,7 @@ def register(sub: Any) -> None:
     p.add_argument("--distill-temperature", type=float, default=1.0)
     p.add_argument("--role", default="finetuned", help="recorded in gaincell.json")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
+    p.add_argument("--stop-after-steps", type=int, default=None, help="checkpoint and exit after N steps (resume later)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_cmd_finetune)

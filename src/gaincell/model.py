@@ -304,6 +304,8 @@ def convert(model: nn.Module, config: AttentionSpec | str | Path | dict[str, Any
             layer.module.gaincell = maps
         maps.spec = spec
         maps.layer = layer.index
+        for p in maps.parameters():  # the maps only exist in the analog arrays; softmax leaves them untouched
+            p.requires_grad_(isinstance(spec, HardwareConfig))
         noisy = isinstance(spec, HardwareConfig) and spec.has_noise
         maps.generator = make_generator(spec, layer.index, param.device) if noisy else None
     model.set_attn_implementation(ATTN_NAME)

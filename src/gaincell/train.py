@@ -8,6 +8,7 @@ the process group, each rank draws its own micro-batches and only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -114,13 +115,14 @@ class _Dist:
     def main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce_grads(self, model: nn.Module) -> None:
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel around the model when several processes train it (else the model itself)."""
         if not self.enabled:
-            return
-        for p in model.parameters():
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad.div_(self.world)
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
+        return DistributedDataParallel(model, device_ids=device_ids)
 
     def mean(self, value: float) -> float:
         if not self.enabled:
@@ -242,8 +244,11 @@ def finetune(
     metadata: dict[str, Any] | None = None,
     resume: bool = True,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place; writes ``out/log.jsonl``, ``out/checkpoint/`` and the final ``out/model/``.
+
+    ``stop_after``: checkpoint and return after that many steps (of the whole run); run again to resume.
 
     Returns a summary with the final validation loss/perplexity (when ``val_ids`` is given).
     """
@@ -261,6 +266,7 @@ def finetune(
         for p in teacher.parameters():
             p.requires_grad_(False)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    ddp = dist.wrap(model)
     ckpt = out / "checkpoint"
     log_path = out / "log.jsonl"
     start = 0
@@ -303,13 +309,15 @@ def finetune(
             opt.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for m in range(cfg.grad_accum):
+                # the same global micro-batch whatever the number of processes; each rank takes its share
                 x, y = sample_batch(train_ids, micro, cfg.context, _seed(cfg.seed, step, m))
                 x = x[dist.rank * per_rank : (dist.rank + 1) * per_rank].to(device)
                 y = y[dist.rank * per_rank : (dist.rank + 1) * per_rank].to(device)
-                loss = _loss(model, x, y, teacher, cfg)
-                (loss / cfg.grad_accum).backward()
+                sync = m == cfg.grad_accum - 1 or not dist.enabled
+                with contextlib.nullcontext() if sync else ddp.no_sync():  # type: ignore[operator]
+                    loss = _loss(ddp, x, y, teacher, cfg)
+                    (loss / cfg.grad_accum).backward()
                 loss_sum += float(loss.detach()) / cfg.grad_accum
-            dist.all_reduce_grads(model)
             loss_sum = dist.mean(loss_sum)
             if not math.isfinite(loss_sum):
                 raise GaincellError(f"training diverged: loss {loss_sum} at step {step} (try a lower --lr)")
@@ -331,9 +339,12 @@ def finetune(
                     loss=f"{loss_sum:.3f}", **({"val_ppl": f"{record['val_ppl']:.1f}"} if "val_ppl" in record else {})
                 )
                 bar.update(1)
-            if dist.main and ((step + 1) % cfg.save_every == 0 or final):
+            stopping = stop_after is not None and step + 1 >= stop_after and not final
+            if dist.main and ((step + 1) % cfg.save_every == 0 or final or stopping):
                 _write_checkpoint(ckpt, model, opt, step, cfg, meta)
             dist.barrier()
+            if stopping:
+                break
     except KeyboardInterrupt:
         done = step if pending is not None else step - 1  # was the interrupted step's update applied?
         if pending is not None and logged < step:
@@ -351,6 +362,9 @@ def finetune(
         lines = [ln for ln in log_path.read_text().splitlines() if ln]
         last = json.loads(lines[-1]) if lines else {}
     summary = {"steps": cfg.steps, "final": last, "config": dataclasses.asdict(cfg)}
+    if last and last.get("step", cfg.steps - 1) < cfg.steps - 1:  # stopped early on request: no final model yet
+        summary["stopped_at"] = last["step"]
+        return summary
     if dist.main:
         from gaincell.hub import save
 
