@@ -125,6 +125,10 @@ _COMMAND_MODULES: list[str] = ["gaincell.commands", "gaincell.generation", "gain
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head = [a for a in argv[:2] if a == "--debug"]
+    if argv[len(head) : len(head) + 1] == ["lm-eval"]:  # pass everything after it to lm_eval's own parser
+        argv = [*head, "lm-eval", "--", *argv[len(head) + 1 :]]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

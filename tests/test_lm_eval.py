@@ -1,0 +1,156 @@
+"""lm-evaluation-harness integration, offline: local task definitions over local JSONL (slices of BIG-bench data)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from gaincell.cli import main  # noqa: E402
+from gaincell.commands import new_model  # noqa: E402
+from gaincell.data import shakespeare_plays, subvocab_tokenizer  # noqa: E402
+from gaincell.hub import load, save  # noqa: E402
+from gaincell.model import convert  # noqa: E402
+
+EVALDATA = Path(__file__).parent.parent / "src" / "gaincell" / "evaldata"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lmeval")
+    text = shakespeare_plays()["tempest"][:20000]
+    tok = subvocab_tokenizer([text])
+    model = convert(new_model("gpt2", layers=1, width=32, heads=2, kv_heads=None, context=64, vocab=len(tok), seed=0), "paper")
+    save(model, d / "m", tokenizer=tok)
+    # slices of the real data (BIG-bench social_iqa, CC-BY 4.0 / Apache-2.0; see src/gaincell/evaldata/README.md)
+    rows = EVALDATA.joinpath("social_iqa.jsonl").read_text().splitlines()[:6]
+    (d / "mc.jsonl").write_text("\n".join(rows) + "\n")
+    (d / "roll.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in (text[:900], text[5000:5600])))
+    gen = [{"prompt": "Where should this music", "target": "be"}, {"prompt": "Sit still, and hear", "target": "the"}]
+    (d / "gen.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gen))
+    tasks = d / "tasks"
+    tasks.mkdir()
+    common = "dataset_path: json\ntest_split: test\nmetadata:\n  version: 1.0\n"
+    (tasks / "mc.yaml").write_text(
+        f"task: t_mc\n{common}dataset_kwargs:\n  data_files:\n    test: {d / 'mc.jsonl'}\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{input}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    (tasks / "roll.yaml").write_text(
+        f"task: t_roll\n{common}dataset_kwargs:\n  data_files:\n    test: {d / 'roll.jsonl'}\n"
+        'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
+        "metric_list:\n  - metric: word_perplexity\n"
+    )
+    (tasks / "gen.yaml").write_text(
+        f"task: t_gen\n{common}dataset_kwargs:\n  data_files:\n    test: {d / 'gen.jsonl'}\n"
+        'output_type: generate_until\ndoc_to_text: "{{prompt}}"\ndoc_to_target: "{{target}}"\n'
+        'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 4\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    return d
+
+
+def test_simple_evaluate_with_the_gaincell_model_type(setup):
+    from lm_eval.tasks import TaskManager
+
+    import gaincell.lm_eval_plugin  # noqa: F401
+
+    tm = TaskManager(include_path=str(setup / "tasks"))
+    res = lm_eval.simple_evaluate(
+        model="gaincell",
+        model_args=f"pretrained={setup / 'm'},hardware=paper-linear",
+        tasks=["t_mc", "t_roll", "t_gen"],
+        task_manager=tm,
+        batch_size=2,
+    )
+    r = res["results"]
+    assert 0 <= r["t_mc"]["acc,none"] <= 1 and r["t_mc"]["alias"] == "t_mc"
+    assert r["t_roll"]["word_perplexity,none"] > 1
+    assert 0 <= r["t_gen"]["exact_match,none"] <= 1
+
+
+def test_loglikelihood_matches_the_model_and_rolling_covers_every_token(setup):
+    from lm_eval.api.instance import Instance
+
+    from gaincell.hub import load_tokenizer
+    from gaincell.lm_eval_plugin import GainCellLM
+
+    lm = GainCellLM(pretrained=str(setup / "m"), batch_size=2)
+    model, tok = load(setup / "m"), load_tokenizer(setup / "m")
+    context, cont = "Where should this music be?", " I' th' air or th' earth?"
+    req = Instance(request_type="loglikelihood", doc={}, arguments=(context, cont), idx=0)
+    ((ll, greedy),) = lm.loglikelihood([req])
+    ctx_ids = tok(context, add_special_tokens=False)["input_ids"]
+    cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx_ids + cont_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0].double(), -1)
+    manual = sum(float(logp[len(ctx_ids) - 1 + i, t]) for i, t in enumerate(cont_ids))  # the off-by-one the guide warns of
+    assert ll == pytest.approx(manual, rel=1e-4, abs=1e-4)
+    text = "Full fathom five thy father lies; of his bones are coral made."
+    roll = Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)
+    (total,) = lm.loglikelihood_rolling([roll])
+    assert math.isfinite(total) and total < 0
+
+
+def test_bench_command_writes_a_table(setup, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "bench",
+                "--models",
+                str(setup / "m"),
+                "--tasks",
+                "gaincell_physical_intuition",
+                "--limit",
+                "4",
+                "--out",
+                str(tmp_path),
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    md = (tmp_path / "bench.md").read_text()
+    assert "gaincell_physical_intuition" in md and "avg acc" in md
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["rows"][0]["results"]["gaincell_physical_intuition"]["acc,none"] >= 0
+    assert main(["bench", "--models", str(setup / "m"), "--tasks", "no_such_task", "--out", str(tmp_path)]) == 2
+    assert "unknown lm-eval task" in capsys.readouterr().err
+
+
+def test_lm_eval_cli_passthrough(setup):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gaincell",
+            "lm-eval",
+            "--model",
+            "gaincell",
+            "--model_args",
+            f"pretrained={setup / 'm'}",
+            "--tasks",
+            "gaincell_physical_intuition",
+            "--limit",
+            "3",
+            "--batch_size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "gaincell_physical_intuition" in res.stdout and "acc" in res.stdout
