@@ -87,7 +87,7 @@ def test_loglikelihood_matches_the_model_and_rolling_covers_every_token(setup):
     model, tok = load(setup / "m"), load_tokenizer(setup / "m")
     context, cont = "Where should this music be?", " I' th' air or th' earth?"
     req = Instance(request_type="loglikelihood", doc={}, arguments=(context, cont), idx=0)
-    ((ll, greedy),) = lm.loglikelihood([req])
+    ((ll, _greedy),) = lm.loglikelihood([req])
     ctx_ids = tok(context, add_special_tokens=False)["input_ids"]
     cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([ctx_ids + cont_ids])

@@ -21,10 +21,11 @@ def _text_ids(spec: str, tokenizer: Any) -> torch.Tensor:
     return ids
 
 
-def _load(model: str, hardware: str | None = None) -> tuple[Any, Any]:
+def _load(model: str, hardware: str | None = None, device: str = "cpu") -> tuple[Any, Any]:
     from gaincell.hub import load, load_tokenizer
+    from gaincell.train import resolve_device
 
-    return load(model, attention=hardware), load_tokenizer(model)
+    return load(model, attention=hardware, device=resolve_device(device)), load_tokenizer(model)
 
 
 def _print(obj: dict[str, Any], as_json: bool, lines: list[str]) -> None:
@@ -99,7 +100,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from gaincell.train import TrainConfig, finetune
 
     torch.set_num_threads(args.threads) if args.threads else None
-    model, tok = _load(args.model, args.hardware)
+    model, tok = _load(args.model, args.hardware, args.device)
     cfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -116,8 +117,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
         distill_weight=args.distill_weight if args.teacher else 0.0,
         distill_temperature=args.distill_temperature,
+        precision=args.precision,
     )
-    teacher = _load(args.teacher)[0] if args.teacher else None
+    teacher = _load(args.teacher, device=args.device)[0] if args.teacher else None
     train_ids = _text_ids(args.train, tok)
     val_ids = _text_ids(args.val, tok) if args.val else None
     meta = {"role": args.role, "parent": args.model, "data": args.train, "hardware": args.hardware}
@@ -225,7 +227,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from gaincell.evaluate import perplexity
     from gaincell.model import attention_spec
 
-    model, tok = _load(args.model, args.hardware)
+    model, tok = _load(args.model, args.hardware, args.device)
     ids = _text_ids(args.text, tok)
     res = perplexity(model, ids, context=args.context, stride=args.stride, batch_size=args.batch_size, progress=not args.quiet)
     spec = attention_spec(model)
@@ -344,6 +346,13 @@ def register(sub: Any) -> None:
     p.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
     p.add_argument("--stop-after-steps", type=int, default=None, help="checkpoint and exit after N steps (resume later)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="autocast for the digital layers (the analog arrays are always simulated in float32)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_cmd_finetune)
 
@@ -371,6 +380,7 @@ def register(sub: Any) -> None:
     p.add_argument("--context", type=int, default=None, help="default: the model's positions")
     p.add_argument("--stride", type=int, default=None, help="default: the context")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_cmd_eval)

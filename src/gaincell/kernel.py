@@ -969,7 +969,7 @@ def analog_attention(
         raise ValueError(f"analog_attention: key_start must be an integer >= 0, got {key_start!r}")
     b, h, tq, d = q.shape
     tk = k.shape[2]
-    dtype = _compute_dtype(q, k, v)
+    dtype = _compute_dtype(q, k, v)  # float64 stays float64; everything else is computed in float32
     cfg = config
     noisy = cfg.write_noise > 0 or cfg.read_noise_score > 0 or cfg.read_noise_output > 0
     if noisy and generator is None:
@@ -1005,7 +1005,8 @@ def analog_attention(
         )
         var = tuple(m.to(dtype=dtype, device=q.device) for m in maps)
     read_gen = generator if (cfg.read_noise_score > 0 or cfg.read_noise_output > 0) else None
-    out = _AnalogCore.apply(q, k, v, plan, var, dtype, read_gen)
+    with torch.autocast(q.device.type, enabled=False):  # the arrays are simulated in float32: no bf16 shortcuts
+        out = _AnalogCore.apply(q, k, v, plan, var, dtype, read_gen)
     return out.to(q.dtype)
 
 

@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 1337
     distill_weight: float = 0.0  # 0 = plain cross-entropy; 1 = only the teacher's distribution
     distill_temperature: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for the digital layers; the analog arrays stay float32)
 
     def validate(self) -> None:
         checks = {
@@ -62,6 +63,7 @@ class TrainConfig:
             "save_every": self.save_every >= 1,
             "distill_weight": 0 <= self.distill_weight <= 1,
             "distill_temperature": self.distill_temperature > 0,
+            "precision": self.precision in ("fp32", "bf16", "fp16"),
         }
         for name, ok in checks.items():
             if not ok:
@@ -136,12 +138,30 @@ class _Dist:
             torch.distributed.barrier()
 
 
+def _autocast(device: torch.device, precision: str) -> Any:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'; a CUDA request without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GaincellError(f"--device {name}: no CUDA GPU is available on this machine")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise GaincellError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
 def _loss(model: nn.Module, x: Tensor, y: Tensor, teacher: nn.Module | None, cfg: TrainConfig) -> Tensor:
-    logits = model(input_ids=x, use_cache=False).logits.float()
+    with _autocast(x.device, cfg.precision):
+        logits = model(input_ids=x, use_cache=False).logits.float()
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
     if teacher is None or cfg.distill_weight == 0:
         return ce
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(x.device, cfg.precision):
         t_logits = teacher(input_ids=x, use_cache=False).logits.float()
     tau = cfg.distill_temperature
     kl = torch.nn.functional.kl_div(
@@ -267,6 +287,7 @@ def finetune(
             p.requires_grad_(False)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     ddp = dist.wrap(model)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     ckpt = out / "checkpoint"
     log_path = out / "log.jsonl"
     start = 0
@@ -316,13 +337,15 @@ def finetune(
                 sync = m == cfg.grad_accum - 1 or not dist.enabled
                 with contextlib.nullcontext() if sync else ddp.no_sync():  # type: ignore[operator]
                     loss = _loss(ddp, x, y, teacher, cfg)
-                    (loss / cfg.grad_accum).backward()
+                    scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += float(loss.detach()) / cfg.grad_accum
             loss_sum = dist.mean(loss_sum)
             if not math.isfinite(loss_sum):
                 raise GaincellError(f"training diverged: loss {loss_sum} at step {step} (try a lower --lr)")
+            scaler.unscale_(opt)
             gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             record: dict[str, Any] = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": gnorm}
             pending = record
             final = step == cfg.steps - 1
