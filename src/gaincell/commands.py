@@ -13,8 +13,15 @@ from gaincell.errors import GaincellError
 
 
 def _text_ids(spec: str, tokenizer: Any) -> torch.Tensor:
-    from gaincell.data import load_text, tokenize
+    from gaincell.data import load_text, load_tokens, tokenize
 
+    if spec.endswith(".bin"):  # a token file from `gaincell prepare` (memory-mapped)
+        ids = load_tokens(spec)
+        if len(tokenizer) > 0 and ids.numel() and int(ids[: min(ids.numel(), 1 << 20)].max()) >= len(tokenizer):
+            raise GaincellError(
+                f"{spec} holds token ids beyond this model's vocabulary ({len(tokenizer)}): prepared with another tokenizer?"
+            )
+        return ids
     ids = tokenize(tokenizer, load_text(spec))
     if ids.numel() == 0:
         raise GaincellError(f"text {spec!r} has no tokens")
@@ -118,6 +125,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         distill_weight=args.distill_weight if args.teacher else 0.0,
         distill_temperature=args.distill_temperature,
         precision=args.precision,
+        lr_decay_steps=args.lr_decay_steps,
     )
     teacher = _load(args.teacher, device=args.device)[0] if args.teacher else None
     train_ids = _text_ids(args.train, tok)
@@ -305,8 +313,24 @@ def _cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from gaincell.data import prepare_tokens
+    from gaincell.hub import load_tokenizer
+
+    meta = prepare_tokens(args.text, load_tokenizer(args.tokenizer), args.out, progress=not args.quiet, max_docs=args.max_docs)
+    print(f"wrote {args.out}: {meta['tokens']:,} tokens from {meta['documents']:,} documents ({meta['dtype']})")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- registration
 def register(sub: Any) -> None:
+    p = sub.add_parser("prepare", help="tokenize a corpus (file, folder, hf:NAME:SPLIT streamed) into a token file")
+    p.add_argument("--text", required=True)
+    p.add_argument("--tokenizer", default="gpt2", help="a model (name/folder/hub id) whose tokenizer to use")
+    p.add_argument("--out", required=True, help="output .bin (memory-mapped by finetune/eval)")
+    p.add_argument("--max-docs", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=_cmd_prepare)
     register_cost(sub)
     p = sub.add_parser("init", help="create a randomly initialised GPT-2/Llama model folder with its tokenizer")
     p.add_argument("--arch", default="gpt2", choices=["gpt2", "llama"])
@@ -333,6 +357,7 @@ def register(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--min-lr", type=float, default=None, help="default: lr / 10")
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr-decay-steps", type=int, default=None, help="cosine length (default: --steps)")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=100)

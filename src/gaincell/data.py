@@ -226,3 +226,105 @@ def tokenize(tokenizer: Any, docs: list[str]) -> torch.Tensor:
 def cache_dir() -> Path:
     """Where gaincell caches derived data (``$GAINCELL_CACHE`` or ``~/.cache/gaincell``)."""
     return Path(os.environ.get("GAINCELL_CACHE", Path.home() / ".cache" / "gaincell"))
+
+
+# ---------------------------------------------------------------------------------------------------- token files
+def _iter_documents(spec: str) -> Any:
+    """Documents one by one: hf:NAME[:CONFIG]:SPLIT streams from the hub; anything else via :func:`load_text`."""
+    if not spec.startswith("hf:"):
+        yield from load_text(spec)
+        return
+    parts = spec[3:].split(":")
+    if len(parts) not in (2, 3):
+        raise GaincellError(f"Hugging Face dataset spec must be hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT, got {spec}")
+    name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception as exc:
+        raise GaincellError(f"cannot stream Hugging Face dataset {name!r} ({exc.__class__.__name__}: {exc})") from None
+    for row in ds:
+        text = row.get("text") if isinstance(row, dict) else None
+        if text:
+            yield text
+
+
+def prepare_tokens(
+    spec: str, tokenizer: Any, out: str | Path, *, progress: bool = True, max_docs: int | None = None
+) -> dict[str, Any]:
+    """Tokenize every document of ``spec`` into a flat token file ``out`` (uint16 or uint32, EOT between documents).
+
+    Written to a temporary file and renamed at the end (atomic); a ``.json`` sidecar records dtype and counts.
+    Read it back with :func:`load_tokens` (memory-mapped: corpora larger than RAM are fine).
+    """
+    import numpy as np
+
+    from gaincell._io import atomic_write_text
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if len(tokenizer) <= 65535 else np.uint32
+    eot = tokenizer.eos_token_id
+    tmp = out.with_name(f".{out.name}.tmp")
+    n_docs = n_tokens = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc=f"tokenizing {spec}", unit="doc")
+    try:
+        with open(tmp, "wb") as fh:
+            for doc in _iter_documents(spec):
+                ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+                if eot is not None:
+                    ids.append(eot)
+                np.asarray(ids, dtype=dtype).tofile(fh)
+                n_docs += 1
+                n_tokens += len(ids)
+                if bar is not None:
+                    bar.update(1)
+                if max_docs is not None and n_docs >= max_docs:
+                    break
+        if n_tokens == 0:
+            raise GaincellError(f"{spec}: no tokens")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    meta = {"source": spec, "dtype": np.dtype(dtype).name, "tokens": n_tokens, "documents": n_docs, "vocab": len(tokenizer)}
+    atomic_write_text(out.with_suffix(out.suffix + ".json"), json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def load_tokens(path: str | Path) -> torch.Tensor:
+    """A token file written by :func:`prepare_tokens`, memory-mapped (read lazily)."""
+    import numpy as np
+
+    path = Path(path)
+    meta_path = path.with_suffix(path.suffix + ".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise GaincellError(f"token file {str(path)!r} or its {meta_path.name} is missing (write it with gaincell prepare)")
+    meta = json.loads(meta_path.read_text())
+    arr = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+    if arr.size != meta["tokens"]:
+        raise GaincellError(f"token file {path} holds {arr.size} tokens, its metadata says {meta['tokens']}: incomplete")
+    return torch.from_numpy(arr.astype(np.int64)) if arr.size < (1 << 27) else _LazyTokens(arr)  # type: ignore[return-value]
+
+
+class _LazyTokens:
+    """Slices of a large memory-mapped token file as int64 tensors (what the trainer and evaluator index)."""
+
+    def __init__(self, arr: Any):
+        self.arr = arr
+
+    def numel(self) -> int:
+        return int(self.arr.size)
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        import numpy as np
+
+        return torch.from_numpy(np.asarray(self.arr[key], dtype=np.int64))

@@ -48,6 +48,7 @@ class TrainConfig:
     distill_weight: float = 0.0  # 0 = plain cross-entropy; 1 = only the teacher's distribution
     distill_temperature: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for the digital layers; the analog arrays stay float32)
+    lr_decay_steps: int | None = None  # cosine length (default: steps); the paper decays over 600,000 iterations
 
     def validate(self) -> None:
         checks = {
@@ -73,7 +74,7 @@ class TrainConfig:
         """Linear warm-up to ``lr``, then cosine decay to ``min_lr`` at the last step."""
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
-        span = max(1, self.steps - self.warmup)
+        span = max(1, (self.lr_decay_steps or self.steps) - self.warmup)
         progress = min(1.0, (step - self.warmup) / span)
         return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
 
