@@ -1,0 +1,82 @@
+"""Decode speed: host tokens/s through the analog KV cache vs Hugging Face's DynamicCache with SDPA.
+
+    python benchmarks/decode.py [--threads 2] [--tokens 256]
+
+Greedy decoding, batch 1, after a 16-token prompt: the shipped Shakespeare nonlinear model, and a GPT-2-small-shaped
+model (random weights) converted to the paper preset.  Then the per-token cost against position for a Llama-shaped
+model (RoPE, window 256): flat once the ring is full (O(window), not O(tokens so far)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from gaincell import HardwareConfig
+from gaincell.cache import AnalogKVCache
+from gaincell.model import convert
+
+
+@torch.no_grad()
+def decode(model, cache, tokens: int, prompt: torch.Tensor) -> list[float]:
+    """Per-token wall times of greedy decoding."""
+    logits = model(input_ids=prompt, cache=cache, use_cache=True).logits[:, -1]
+    times = []
+    for _ in range(tokens):
+        nxt = logits.argmax(-1, keepdim=True)
+        t0 = time.perf_counter()
+        logits = model(input_ids=nxt, cache=cache, use_cache=True).logits[:, -1]
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=256)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = []
+    try:
+        from gaincell.hub import load
+
+        models.append(("shakespeare-nonlinear (4 x 128)", load("shakespeare-nonlinear"), min(args.tokens, 100)))
+    except Exception as exc:
+        print(f"(shipped model skipped: {exc})")
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)).eval()
+    models.append(("GPT-2-small-shaped, paper", convert(gpt2, "paper"), args.tokens))
+    print("| model | new tokens | analog cache tok/s | DynamicCache + SDPA tok/s | ratio |")
+    print("|---|---|---|---|---|")
+    for name, model, n in models:
+        prompt = torch.randint(0, model.config.vocab_size, (1, 16))
+        analog = sum(decode(model, AnalogKVCache(model), n, prompt))
+        ref = copy.deepcopy(model)
+        ref.set_attn_implementation("sdpa")
+        ref._gaincell_spec = None
+        digital = sum(decode(ref, DynamicCache(config=ref.config), n, prompt))
+        print(f"| {name} | {n} | {n / analog:.1f} | {n / digital:.1f} | {digital / analog:.2f}x |", flush=True)
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            num_hidden_layers=4,
+            hidden_size=256,
+            num_attention_heads=4,
+            intermediate_size=1024,
+            vocab_size=1000,
+            max_position_embeddings=128,
+        )
+    ).eval()
+    convert(llama, HardwareConfig.preset("paper").replace(window=256))
+    times = decode(llama, AnalogKVCache(llama), 1024, torch.randint(0, 1000, (1, 4)))
+    print("\nper-token decode time vs position (Llama-shaped, 4 x 256, window 256; trained context 128):")
+    for lo in (0, 128, 256, 512, 768):
+        seg = times[lo : lo + 128]
+        print(f"  tokens {lo:4d}-{lo + 127:4d}: {1e3 * sum(seg) / len(seg):.2f} ms/token")
+
+
+if __name__ == "__main__":
+    main()
