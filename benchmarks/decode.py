@@ -50,7 +50,7 @@ def main() -> None:
         print(f"(shipped model skipped: {exc})")
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)).eval()
     models.append(("GPT-2-small-shaped, paper", convert(gpt2, "paper"), args.tokens))
-    print("| model | new tokens | analog cache tok/s | DynamicCache + SDPA tok/s | ratio |")
+    print("| model | new tokens | analog cache tok/s | DynamicCache + SDPA tok/s | analog speed / SDPA speed |")
     print("|---|---|---|---|---|")
     for name, model, n in models:
         prompt = torch.randint(0, model.config.vocab_size, (1, 16))

@@ -199,30 +199,56 @@ class AnalogCacheLayer(CacheLayerMixin):
         f = torch.exp(-age / tau).to(yk.dtype)[:, None, :, None]
         return yk * f, yv * f
 
-    def _refresh(self, now: float) -> None:
-        """Sense every written cell and rewrite it at the nearest DAC level; restart its leak."""
+    def _refresh_until(self, now: float) -> None:
+        """Apply every refresh scheduled in (last refresh, now], on the refresh controller's own clock.
+
+        Refreshing a cell repeatedly drives it to a fixed DAC level within at most ``kv_levels`` refreshes (each one
+        either restores its level or drops it by one), so the first ``kv_levels + 1`` refreshes of a gap are simulated
+        exactly and the rest only restart the leak (they rewrite the same level) and are counted.
+        """
+        period = self.cache.refresh_period
+        assert period is not None
+        k = int((now - self.last_refresh) / period + 1e-9)
+        if k < 1:
+            return
+        simulate = min(k, (self.cache.hardware.kv_levels or 8) + 1)
+        start = self.last_refresh
+        for i in range(1, simulate + 1):
+            self._refresh(start + i * period)
+        if k > simulate:
+            cells = self._refresh(start + k * period, rewrite=False)
+            self.cache.refresh_writes += (k - simulate - 1) * cells
+        self.last_refresh = start + k * period
+
+    def _refresh(self, now: float, *, rewrite: bool = True) -> int:
+        """Sense every written cell and rewrite it at the nearest DAC level (restarting its leak); returns cells written.
+
+        ``rewrite=False``: the cells already sit on their fixed level, so only the leak restarts.
+        """
         hw = self.cache.hardware
         rows = torch.arange(self.yk.shape[0], device=self.device)  # type: ignore[union-attr]
         n = min(int(self.written.max()), hw.window)  # type: ignore[union-attr]
         if n == 0:
-            return
-        yk, yv = self._decayed(rows, n, now)
+            return 0
         valid = torch.arange(n, device=self.device)[None, :] < self.written[:, None].clamp(max=hw.window)  # type: ignore[index]
-        for src, dst in ((yk, self.yk), (yv, self.yv)):
-            v = dac(src + hw.kv_offset, 0.0, hw.kv_max, hw.kv_levels)
-            if hw.write_noise > 0:
-                noise = torch.randn(v.shape, generator=self.cache.write_generator(v.device), dtype=v.dtype, device=v.device)
-                v = (v + hw.write_noise * noise).clamp(0.0, hw.kv_max)
-            dst[:, :, :n] = torch.where(valid[:, None, :, None], v - hw.kv_offset, dst[:, :, :n])  # type: ignore[index]
+        cells = 2 * int(valid.sum()) * self.yk.shape[1] * self.yk.shape[3]  # type: ignore[union-attr]
+        self.cache.refresh_writes += cells
+        if rewrite:
+            yk, yv = self._decayed(rows, n, now)
+            for src, dst in ((yk, self.yk), (yv, self.yv)):
+                v = dac(src + hw.kv_offset, 0.0, hw.kv_max, hw.kv_levels)
+                if hw.write_noise > 0:
+                    noise = torch.randn(v.shape, generator=self.cache.write_generator(v.device), dtype=v.dtype, device=v.device)
+                    v = (v + hw.write_noise * noise).clamp(0.0, hw.kv_max)
+                dst[:, :, :n] = torch.where(valid[:, None, :, None], v - hw.kv_offset, dst[:, :, :n])  # type: ignore[index]
         self.t_write[:, :n] = torch.where(valid, torch.full_like(self.t_write[:, :n], now), self.t_write[:, :n])  # type: ignore[index]
-        self.cache.refresh_writes += 2 * int(valid.sum()) * self.yk.shape[1] * self.yk.shape[3]  # type: ignore[union-attr]
-        self.last_refresh = now
+        return cells
 
     def _decode_one(self, q: Tensor, yk: Tensor, yv: Tensor, real: Tensor, out: Tensor, maps: Any) -> None:
         hw = self.cache.hardware
         now = self.now(self.steps)
-        if self.cache.refresh_period is not None and now - self.last_refresh >= self.cache.refresh_period:
-            self._refresh(now)
+        if self.cache.refresh_period is not None:
+            self._refresh_until(now)
         self._write(yk, yv, real, now)
         self.steps += 1
         g = self._groups(q.shape[1])

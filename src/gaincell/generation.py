@@ -206,6 +206,9 @@ def retention_study(
         raise GaincellError(f"retention times must be > 0 seconds, got {taus}")
     if any(not (i >= 0 and math.isfinite(i)) for i in idles):
         raise GaincellError(f"idle times must be >= 0 seconds, got {idles}")
+    from gaincell.cost import COMPONENTS
+
+    e_write = COMPONENTS["e_write"].value  # a refresh rewrites a cell through its DAC
     runs = [(tau, idle, refresh) for idle in idles for refresh in (False, True) for tau in taus]
     rows = []
     bar = None
@@ -229,6 +232,7 @@ def retention_study(
                 "perplexity": res["perplexity"],
                 "refresh_writes": res["refresh_writes"],
                 "tokens": res["tokens"],
+                "refresh_energy_per_token_j": res["refresh_writes"] * e_write / max(1, res["tokens"]),
             }
         )
         if bar is not None:
@@ -356,12 +360,14 @@ def _cmd_retention(args: argparse.Namespace) -> int:
         f"Perplexity of {args.model} on {args.text} ({data['rows'][0]['tokens']} tokens), every token "
         f"decoded through the analog KV cache; no leakage: {data['no_leak_perplexity']:.2f}.",
         "",
-        "| tau (s) | idle (s) | refresh | perplexity | refresh writes |",
-        "|---|---|---|---|---|",
+        "| tau (s) | idle (s) | refresh | perplexity | refresh writes | refresh energy per token |",
+        "|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
+        energy = f"{r['refresh_energy_per_token_j'] * 1e9:.3g} nJ" if r["refresh_writes"] else "-"
         md.append(
-            f"| {r['retention_time_s']:g} | {r['idle_s']:g} | {'yes' if r['refresh'] else 'no'} | {r['perplexity']:.2f} | {r['refresh_writes']} |"
+            f"| {r['retention_time_s']:g} | {r['idle_s']:g} | {'yes' if r['refresh'] else 'no'} | {r['perplexity']:.2f} "
+            f"| {r['refresh_writes']} | {energy} |"
         )
     md += ["", "![perplexity vs retention time](retention.png)", ""]
     atomic_write_text(out / "retention.md", "\n".join(md))

@@ -1,0 +1,54 @@
+"""The shipped reference models and the demo (Table 1 in miniature) with its targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gaincell.cli import main
+from gaincell.hub import load, shipped_models
+from gaincell.model import attention_spec
+
+pytestmark = pytest.mark.skipif(len(shipped_models()) < 3, reason="shipped models not built (make models)")
+
+
+def test_models_listing(capsys):
+    assert main(["models", "--json"]) == 0
+    models = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert {m["role"] for m in models.values()} == {"softmax", "linear", "nonlinear"}
+    assert models["shakespeare-linear"]["parent"] == "shakespeare-softmax"
+    assert models["shakespeare-nonlinear"]["parent"] == "shakespeare-linear"
+    for m in models.values():
+        assert m["data"] == "shakespeare:train" and 1 < m["perplexity"] < 1000
+    assert main(["models"]) == 0
+    assert "shakespeare-nonlinear" in capsys.readouterr().out
+
+
+def test_shipped_models_load_by_name_with_their_attention():
+    assert attention_spec(load("shakespeare-softmax")).name == "softmax"
+    assert attention_spec(load("shakespeare-linear")).cell == "linear"
+    nonlinear = attention_spec(load("shakespeare-nonlinear"))
+    assert nonlinear.cell == "nonlinear" and nonlinear.name == "paper"
+
+
+def test_demo_reproduces_the_table_1_targets(tmp_path):
+    """The full demo on the held-out plays: the targets of the model issue hold for the shipped models."""
+    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
+    data = json.loads((tmp_path / "table1.json").read_text())
+    assert [r["row"] for r in data["rows"]] == [
+        "softmax",
+        "direct-linear",
+        "direct-nonlinear",
+        "linear",
+        "no-adaptation",
+        "adapted",
+        "adapted-finetuned",
+    ]
+    r = data["ratios"]
+    assert r["final_vs_softmax"] <= 1.10
+    assert r["adapted_vs_linear"] <= 1.25
+    assert r["direct_vs_softmax"] >= 2.0  # direct mapping is far worse
+    assert data["adaptation"]["converged"]
+    assert (tmp_path / "table1.png").stat().st_size > 20_000
+    assert "Table 1 in miniature" in (tmp_path / "table1.md").read_text()
