@@ -237,9 +237,7 @@ def test_generate_function_reports_hardware_time_and_energy():
     # 5 prompt + 6 new tokens were written; idle between the 5 decode steps after the first
     expected = 10 * HW.token_period + 5e-3
     assert res["hardware_time_s"] == pytest.approx(expected)
-    assert res["energy_per_token_j"] is None and "64x64" in res["cost_note"]  # 8-token arrays: not costed
-    res64 = generate(active(convert(llama(), HW.replace(array_size=64, window=64))), _Tok(), "hello", max_new_tokens=2)
-    assert res64["energy_per_token_j"] > 0
+    assert res["energy_per_token_j"] > 0 and res["attention_latency_per_token_s"] > 0
     with pytest.raises(GaincellError, match="empty"):
         generate(model, _Tok(), "", max_new_tokens=3)
     with pytest.raises(GaincellError, match="idle"):

@@ -127,3 +127,22 @@ def test_bench_gpu_without_a_gpu(capsys):
         pytest.skip("a GPU is present: the measurement itself is exercised by the benchmark, not the tests")
     assert main(["bench-gpu"]) == 0
     assert "nothing measured" in capsys.readouterr().out
+
+
+def test_bit_widths_array_size_and_pulse_width_scale():
+    base = analog_cost(PAPER, GPT2)
+    more_dac = analog_cost(PAPER.replace(kv_levels=16), GPT2)["energy_breakdown_per_head_j"]
+    assert more_dac["dac_writes"] == pytest.approx(base["energy_breakdown_per_head_j"]["dac_writes"] * 15 / 7)
+    wide_out = analog_cost(PAPER.replace(out_levels=64), GPT2)
+    assert wide_out["energy_breakdown_per_head_j"]["v_readout_counters"] == pytest.approx(
+        base["energy_breakdown_per_head_j"]["v_readout_counters"] * 6 / 5
+    )
+    assert wide_out["latency_per_token_s"] == pytest.approx(base["latency_per_token_s"] + 16e-9)
+    small = analog_cost(PAPER.replace(array_size=32), GPT2)
+    assert small["tiles_per_head"] == 32 and small["arrays_per_head"] == 2 * 32 * 2  # d = 64 rows: two stacked arrays
+    assert small["energy_breakdown_per_head_j"]["digital_sum_routing"] == pytest.approx(
+        2 * base["energy_breakdown_per_head_j"]["digital_sum_routing"]
+    )
+    assert small["latency_per_token_s"] == pytest.approx(base["latency_per_token_s"] + COMPONENTS["t_add"].value)
+    fast = analog_cost(PAPER.replace(max_pulse_width=5e-9), GPT2)
+    assert fast["latency_per_token_s"] == pytest.approx(base["latency_per_token_s"] - 20e-9)

@@ -19,7 +19,10 @@ gaincell turns those into per-operation figures that scale with the design:
     area per head = 2 * M * d * A_cell + arrays * A_array_periphery
 
 Where the paper gives only a total, the split is a named assumption (``ASSUMPTIONS``) that matters only away from the
-design point; at the paper preset every figure is reproduced exactly.  The laws: energy is linear in M (and in d,
+design point; at the paper preset every figure is reproduced exactly.  Bit widths and array size scale by documented
+assumptions too: DAC energy with kv_levels - 1, counter energy with log2(out_levels) and its time with out_levels / 2,
+pulse times with ``max_pulse_width``, array periphery area with ``array_size`` (no quantisation is costed as the
+paper's bit widths).  The laws: energy is linear in M (and in d,
 heads, layers); latency is flat in M except for the adder tree's log2(T) stages; area is linear in M.
 """
 
@@ -45,7 +48,17 @@ ASSUMPTIONS = {
         "[INF] share of each array stage's energy spent in the cells (rest: per-column charge-to-pulse / counters); "
         "the paper reports only the stage totals, so this only matters when d or the array size changes",
     ),
-    "t_counter": (16e-9, "[INF] 5-bit signed counter: 16 levels at 1 GHz"),
+    "t_counter": (16e-9, "[INF] 5-bit signed counter: 16 levels at 1 GHz; scales with out_levels / 2"),
+    "dac_scaling": (
+        None,
+        "[INF] write (DAC) energy proportional to kv_levels - 1 (charge-redistribution DAC: switched "
+        "capacitance ~ 2^bits - 1); 7 at the paper's 3 bits",
+    ),
+    "counter_scaling": (None, "[INF] counter energy proportional to its bits log2(out_levels); 5 at the paper's 32 levels"),
+    "array_periphery_scaling": (
+        None,
+        "[INF] periphery per array (one charge-to-pulse per column, one counter per row) proportional to array_size",
+    ),
     "periphery_share_of_area": (None, "[INF] head area minus cell area, spread evenly over the head's arrays"),
 }
 
@@ -92,7 +105,9 @@ COMPONENTS: dict[str, Component] = {
         "digital sum + routing of one tile readout",
         "[S1] 4 nJ digital control and routing (113.7 mW) / (16 tiles x d)",
     ),
-    "t_pulses": Component(_T_PULSES, "s", "query pulse + phi pulse", "[N-M] Tmax = 15 ns each"),
+    "t_pulses": Component(
+        _T_PULSES, "s", "query pulse + phi pulse at Tmax", "[N-M] Tmax = 15 ns each (HardwareConfig.max_pulse_width)"
+    ),
     "t_counter": Component(_T_COUNTER, "s", "tile readout (counter)", ASSUMPTIONS["t_counter"][1]),
     "t_add": Component(_T_ADD, "s", "one adder-tree stage", "[INF] (65 ns [S1] - 30 ns pulses - 16 ns counter) / log2(16)"),
     "a_cell": Component(1e-6, "mm^2", "6T gain cell", "[S1] ~1 um^2"),
@@ -169,8 +184,6 @@ def analog_cost(hw: HardwareConfig, shape: ModelShape, *, window: int | None = N
     if m < 1:
         raise GaincellError(f"window must be >= 1, got {m}")
     a = hw.array_size
-    if a != _A0:
-        raise GaincellError(f"the cost model is calibrated for {_A0}x{_A0} arrays (paper); array_size {a} is not supported")
     d = shape.head_dim
     tiles = -(-m // a)
     row_stack = -(-d // a)  # arrays stacked along the feature rows when d > array rows
@@ -179,14 +192,15 @@ def analog_cost(hw: HardwareConfig, shape: ModelShape, *, window: int | None = N
         "k_cells": m * d * _c("e_cell_K"),
         "k_charge_to_pulse": m * _c("e_ctp_K"),
         "v_cells": m * d * _c("e_cell_V"),
-        "v_readout_counters": tiles * d * _c("e_counter"),
-        "dac_writes": 2 * d * _c("e_write"),
+        "v_readout_counters": tiles * d * _c("e_counter") * math.log2(hw.out_levels or 32) / 5,
+        "dac_writes": 2 * d * _c("e_write") * ((hw.kv_levels or 8) - 1) / 7,
         "digital_sum_routing": tiles * d * _c("e_digital"),
     }
     e_head = sum(parts.values())
     adder_stages = math.ceil(math.log2(tiles)) if tiles > 1 else 0
-    latency_layer = _c("t_pulses") + _c("t_counter") + adder_stages * _c("t_add")
-    area_head = 2 * m * d * _c("a_cell") + arrays * _c("a_array_periphery")
+    t_counter = _c("t_counter") * ((hw.out_levels or 32) / 2) / 16
+    latency_layer = 2 * hw.max_pulse_width + t_counter + adder_stages * _c("t_add")
+    area_head = 2 * m * d * _c("a_cell") + arrays * _c("a_array_periphery") * a / _A0
     return {
         "window": m,
         "head_dim": d,

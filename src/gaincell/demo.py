@@ -113,6 +113,16 @@ def run_demo(out: str | Path, *, quiet: bool = False, max_tokens: int | None = N
         "seconds": round(time.time() - t0, 1),
     }
     _write_plot(out / "table1.png", rows, result.loss)
+    # what the shipped nonlinear model's attention costs on the gain-cell engine, and against GPUs
+    from gaincell.cost import compare, model_shape_of, write_report
+    from gaincell.model import attention_spec
+
+    final = load("shakespeare-nonlinear")
+    hw = attention_spec(final)
+    cost = compare(hw, model_shape_of(final), batch=64, gpus=["h100", "rtx4090"])  # type: ignore[arg-type]
+    write_report(hw, out, batch=64)  # type: ignore[arg-type]
+    summary["cost"] = {k: cost[k] for k in ("energy_per_token_j", "latency_per_token_s", "area_mm2")}
+    summary["cost"]["gpus"] = {g: {"speedup": v["speedup"], "energy_ratio": v["energy_ratio"]} for g, v in cost["gpus"].items()}
     md = [
         "# gaincell demo: Table 1 in miniature",
         "",
@@ -133,6 +143,16 @@ def run_demo(out: str | Path, *, quiet: bool = False, max_tokens: int | None = N
         f"Direct mapping / softmax: **{checks['direct_vs_softmax']:.1f}**.",
         "",
         "![perplexities and adaptation curve](table1.png)",
+        "",
+        "## Cost of the nonlinear model's attention on the gain-cell engine",
+        "",
+        f"{cost['layers']} layers x {cost['heads']} heads (d = {cost['head_dim']}), window {cost['window']}: "
+        f"{cost['energy_per_token_j'] * 1e9:.1f} nJ per token (all layers), {cost['latency_per_token_s'] * 1e9:.0f} ns per token per layer, "
+        f"{cost['area_mm2']:.2f} mm^2 (`gaincell cost`).  Against GPU rooflines for the same attention step (batch 64): "
+        + ", ".join(f"{g} x{v['speedup']:,.0f} faster / x{v['energy_ratio']:,.0f} less energy" for g, v in cost["gpus"].items())
+        + ".  GPT-2-scale sweeps and the component breakdown: cost.png, cost.json, cost-by-*.csv.",
+        "",
+        "![cost sweeps and breakdown](cost.png)",
         "",
     ]
     atomic_write_text(out / "table1.md", "\n".join(md))
