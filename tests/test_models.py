@@ -338,3 +338,25 @@ def test_eval_cli_json_and_bad_input(tmp_path, text, tok, capsys):
         assert main([*argv, "--quiet"]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+
+
+def test_distillation_from_a_teacher(tmp_path, text, tok):
+    import copy
+
+    ids = tokenize(tok, [text[0]])
+    student = convert(tiny_gpt2(len(tok), seed=4), "paper")
+    teacher = copy.deepcopy(student)  # identical distributions: the distillation loss starts at exactly 0
+    cfg = TrainConfig(
+        steps=3, batch_size=4, context=32, warmup=1, eval_every=3, eval_batches=1, log_every=1, distill_weight=1.0, lr=3e-3
+    )
+    finetune(student, ids, None, cfg, tmp_path / "kd", teacher=teacher, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "kd" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] == pytest.approx(0.0, abs=1e-6)
+    assert log[-1]["loss"] > 0  # the student moved away from the teacher
+    mixed = TrainConfig(steps=1, batch_size=4, context=32, warmup=1, log_every=1, distill_weight=0.5)
+    finetune(convert(tiny_gpt2(len(tok), seed=4), "paper"), ids, None, mixed, tmp_path / "kd2", teacher=teacher, progress=False)
+    ce_only = TrainConfig(steps=1, batch_size=4, context=32, warmup=1, log_every=1)
+    finetune(convert(tiny_gpt2(len(tok), seed=4), "paper"), ids, None, ce_only, tmp_path / "ce", progress=False)
+    half = json.loads((tmp_path / "kd2" / "log.jsonl").read_text().splitlines()[0])["loss"]
+    ce = json.loads((tmp_path / "ce" / "log.jsonl").read_text().splitlines()[0])["loss"]
+    assert half == pytest.approx(0.5 * ce, rel=1e-5)  # 0.5 CE + 0.5 x (KL = 0)
