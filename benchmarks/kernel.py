@@ -12,26 +12,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
+from common import median_time
 from gaincell import HardwareConfig, analog_attention
 
 F = torch.nn.functional
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 _MEM = """
@@ -92,8 +81,8 @@ def main() -> None:
         for w in sorted({256, t}):
             cfg = base.replace(window=w)
             reps = args.repeats if t <= 1024 else max(2, args.repeats // 2)
-            ts = _median_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), reps)
-            ta = _median_time(lambda cfg=cfg: analog_attention(q, k, v, cfg), reps)
+            ts = median_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), reps)
+            ta = median_time(lambda cfg=cfg: analog_attention(q, k, v, cfg), reps)
             row = [str(t), str(w), f"{ts * 1e3:.1f}", f"{ta * 1e3:.1f}", f"{ta / ts:.2f}x"]
             if t <= args.no_backward_above:
                 qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
@@ -104,8 +93,8 @@ def main() -> None:
                 def analog_fb(cfg=cfg):
                     analog_attention(qg, kg, vg, cfg).sum().backward()
 
-                tsb = _median_time(sdpa_fb, reps)
-                tab = _median_time(analog_fb, reps)
+                tsb = median_time(sdpa_fb, reps)
+                tab = median_time(analog_fb, reps)
                 row += [f"{tsb * 1e3:.1f}", f"{tab * 1e3:.1f}", f"{tab / tsb:.2f}x"]
             else:
                 row += ["-", "-", "-"]

@@ -10,23 +10,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from common import median_time
 from gaincell.model import convert
-
-
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -53,11 +42,11 @@ def main() -> None:
         print(f"(shipped model skipped: {exc})")
     for name, model, inp in rows:
         with torch.no_grad():
-            t_sdpa = _median(lambda m=model, i=inp: m(input_ids=i, use_cache=False), args.repeats)
+            t_sdpa = median_time(lambda m=model, i=inp: m(input_ids=i, use_cache=False), args.repeats)
             times = []
             for preset in ("paper", "paper-linear"):
                 analog = convert(copy.deepcopy(model), preset).eval()
-                times.append(_median(lambda m=analog, i=inp: m(input_ids=i, use_cache=False), args.repeats))
+                times.append(median_time(lambda m=analog, i=inp: m(input_ids=i, use_cache=False), args.repeats))
         print(
             f"| {name} | {inp.shape[0]}x{inp.shape[1]} | {t_sdpa * 1e3:.0f} | {times[0] * 1e3:.0f} | {times[0] / t_sdpa:.2f}x "
             f"| {times[1] * 1e3:.0f} | {times[1] / t_sdpa:.2f}x |",

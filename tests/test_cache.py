@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from conftest import drive_arrays as active
 from gaincell import HardwareConfig
 from gaincell.cache import AnalogKVCache
 from gaincell.cli import main
@@ -20,18 +21,6 @@ from gaincell.model import convert
 V = 61
 SAT = {"score_saturation": 8.0, "output_saturation": 4.0}
 HW = HardwareConfig.preset("paper").replace(window=24, array_size=8, decay_per_token=0.01, **SAT)
-
-
-def active(model):
-    """Scale the per-head maps so a random tiny model really drives the arrays (q ~ [0, 1], k, v ~ 0.45 +- 0.3)."""
-    from gaincell.model import head_maps
-
-    with torch.no_grad():
-        for m in head_maps(model):
-            m.q_scale.fill_(6.0)
-            m.k_scale.fill_(3.0)
-            m.v_scale.fill_(3.0)
-    return model
 
 
 def attention_output_std(model, x):

@@ -10,6 +10,7 @@ import torch
 from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import gaincell
+from conftest import drive_arrays
 from gaincell import HardwareConfig
 from gaincell.adapt import adapt, head_statistics
 from gaincell.cli import main
@@ -74,11 +75,7 @@ def test_conversion_registers_attention_and_mask_functions():
 @pytest.mark.parametrize("factory", [lambda: tiny_gpt2(97), tiny_llama])
 def test_analog_model_is_causal_and_trainable(factory):
     model = convert(factory(), HardwareConfig.preset("paper").replace(score_saturation=8.0, output_saturation=4.0))
-    with torch.no_grad():  # drive the arrays: random tiny models otherwise read out zeros
-        for m in head_maps(model):
-            m.q_scale.fill_(6.0)
-            m.k_scale.fill_(3.0)
-            m.v_scale.fill_(3.0)
+    drive_arrays(model)  # random tiny models otherwise read out zeros
     x = torch.randint(0, 97, (2, 40))
     x3 = x.clone()
     x3[:, 5:20] = torch.randint(0, 97, (2, 15))

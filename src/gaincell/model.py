@@ -10,8 +10,6 @@ its learned maps.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,11 +328,3 @@ def head_maps(model: nn.Module) -> Iterator[HeadMaps]:
         maps = getattr(layer.module, "gaincell", None)
         if isinstance(maps, HeadMaps):
             yield maps
-
-
-def spec_json(spec: AttentionSpec) -> str:
-    return json.dumps(spec_to_dict(spec), indent=2)
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
