@@ -25,3 +25,23 @@ def drive_arrays(model, q_scale: float = 6.0, kv_scale: float = 3.0):
             m.k_scale.fill_(kv_scale)
             m.v_scale.fill_(kv_scale)
     return model
+
+
+def tiny_llama(vocab: int = 97, seed: int = 0, positions: int = 128, dtype: torch.dtype = torch.float32):
+    """A 2-layer, 32-wide Llama with grouped-query attention (4 heads, 2 key/value heads), random weights, eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=vocab,
+        max_position_embeddings=positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg).to(dtype).eval()

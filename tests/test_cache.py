@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import drive_arrays as active
+from conftest import tiny_llama
 from gaincell import HardwareConfig
 from gaincell.cache import AnalogKVCache
 from gaincell.cli import main
@@ -39,20 +40,7 @@ def attention_output_std(model, x):
 
 
 def llama(seed=0, positions=512, dtype=torch.float64):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=V,
-        max_position_embeddings=positions,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).to(dtype).eval()
+    return tiny_llama(V, seed, positions, dtype)
 
 
 def gpt2(seed=0, positions=128, dtype=torch.float64):

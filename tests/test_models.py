@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2LMHeadModel
 
 import gaincell
-from conftest import drive_arrays
+from conftest import drive_arrays, tiny_llama
 from gaincell import HardwareConfig
 from gaincell.adapt import adapt, head_statistics
 from gaincell.cli import main
@@ -36,22 +36,6 @@ def tok(text):
 
 def tiny_gpt2(vocab: int, seed: int = 0) -> GPT2LMHeadModel:
     return new_model("gpt2", layers=2, width=32, heads=2, kv_heads=None, context=64, vocab=vocab, seed=seed).eval()
-
-
-def tiny_llama(vocab: int = 97, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        vocab_size=vocab,
-        max_position_embeddings=128,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.mark.parametrize("factory", [lambda: tiny_gpt2(97), tiny_llama])
@@ -357,3 +341,34 @@ def test_distillation_from_a_teacher(tmp_path, text, tok):
     half = json.loads((tmp_path / "kd2" / "log.jsonl").read_text().splitlines()[0])["loss"]
     ce = json.loads((tmp_path / "ce" / "log.jsonl").read_text().splitlines()[0])["loss"]
     assert half == pytest.approx(0.5 * ce, rel=1e-5)  # 0.5 CE + 0.5 x (KL = 0)
+
+
+def test_adapt_cli_reports_before_and_after_and_saves(tmp_path, text, tok, capsys):
+    model = convert(tiny_gpt2(len(tok), seed=1), "paper-linear")
+    save(model, tmp_path / "lin", tokenizer=tok)
+    (tmp_path / "t.txt").write_text(text[0])
+    (tmp_path / "v.txt").write_text(text[1])
+    argv = [
+        "adapt",
+        "--model",
+        str(tmp_path / "lin"),
+        "--calib",
+        str(tmp_path / "t.txt"),
+        "--eval",
+        str(tmp_path / "v.txt"),
+        "--calib-batch",
+        "4",
+        "--calib-context",
+        "64",
+        "--out",
+        str(tmp_path / "ad"),
+        "--json",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"linear_perplexity", "before_perplexity", "after_perplexity"} <= set(report)
+    assert report["before_perplexity"] != report["linear_perplexity"]  # the copy ran on the nonlinear hardware
+    adapted = load(tmp_path / "ad")
+    assert attention_spec(adapted).cell == "nonlinear"
+    assert load(tmp_path / "lin").state_dict().keys() == adapted.state_dict().keys()

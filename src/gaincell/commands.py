@@ -176,15 +176,13 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     targets, _ = head_statistics(model, batch)
     if eval_ids is not None:  # the linear weights straight on the target hardware, before adapting
-        saved = {k: v.clone() for k, v in model.state_dict().items()}
-        convert(model, args.hardware)
-        report["before_perplexity"] = perplexity(model, eval_ids, context=args.calib_context, progress=not args.quiet)[
+        import copy
+
+        unadapted = convert(copy.deepcopy(model), args.hardware)
+        report["before_perplexity"] = perplexity(unadapted, eval_ids, context=args.calib_context, progress=not args.quiet)[
             "perplexity"
         ]
-        from gaincell.hub import load
-
-        model = load(args.model)
-        model.load_state_dict(saved)
+        del unadapted
     result = adapt(
         model,
         args.hardware,
