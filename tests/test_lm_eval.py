@@ -154,3 +154,43 @@ def test_lm_eval_cli_passthrough(setup):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "gaincell_physical_intuition" in res.stdout and "acc" in res.stdout
+
+
+def _lm_eval_command() -> Path:
+    exe = Path(sys.executable).parent / "lm_eval"
+    if not exe.is_file():
+        pytest.skip("lm-eval's console script is not installed beside this Python")
+    return exe
+
+
+def test_bare_lm_eval_command_finds_the_gaincell_model_type(setup):
+    """`lm_eval --model gaincell` itself: the installed gaincell_lm_eval.pth registers the type when lm-eval loads."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("GAINCELL_LM_EVAL_HOOK", None)
+    cmd = [str(_lm_eval_command()), "--model", "gaincell", "--model_args", f"pretrained={setup / 'm'},hardware=paper"]
+    cmd += ["--tasks", "t_mc", "--include_path", str(setup / "tasks"), "--batch_size", "4"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "t_mc" in res.stdout and "acc" in res.stdout
+    # and it can be switched off: then lm-eval does not know the name
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**env, "GAINCELL_LM_EVAL_HOOK": "0"}, timeout=600)
+    assert res.returncode != 0
+    assert "gaincell" in res.stderr
+
+
+def test_the_start_up_hook_imports_nothing_heavy_and_registers_lazily():
+    code = (
+        "import sys\n"
+        "assert 'gaincell_lm_eval_hook' in sys.modules, 'gaincell_lm_eval.pth is not installed'\n"
+        "assert 'torch' not in sys.modules and 'gaincell' not in sys.modules\n"
+        "import lm_eval.models\n"
+        "from lm_eval.api.registry import model_registry\n"
+        "assert 'gaincell' in model_registry and 'hf' in model_registry\n"
+        "assert 'gaincell' not in sys.modules  # a lazy placeholder until someone asks for it\n"
+        "from lm_eval.api.registry import get_model\n"
+        "from gaincell.lm_eval_plugin import GainCellLM\n"
+        "assert get_model('gaincell') is GainCellLM\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GAINCELL_LM_EVAL_HOOK"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -189,7 +189,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_lm_eval(args: argparse.Namespace) -> int:
-    """``lm_eval`` itself, with the gaincell model type registered and the offline tasks on the include path."""
+    """``lm_eval`` itself, with the offline tasks on the include path (and the model type registered even without the .pth hook)."""
     import sys
 
     from lm_eval.__main__ import cli_evaluate
@@ -216,6 +216,8 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default="gaincell-out/bench")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_bench)
-    p = sub.add_parser("lm-eval", help="run lm_eval's own CLI with --model gaincell available", add_help=False)
+    p = sub.add_parser(
+        "lm-eval", help="run lm_eval's own CLI with the offline gaincell tasks on the include path", add_help=False
+    )
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER)
     p.set_defaults(handler=_cmd_lm_eval)

@@ -10,9 +10,10 @@ Generation goes through the analog KV cache.
     lm_eval.simple_evaluate(model="gaincell", model_args="pretrained=...,hardware=paper", tasks=[...])
 
 Registration: importing this module registers ``gaincell`` with lm-eval's model registry, and the package declares
-the ``lm_eval.models`` entry point.  lm-eval 0.4.13 does not read model entry points (upstream issue #3282), so its
-own ``lm_eval`` command cannot see ``gaincell`` unless something imports this module first; ``gaincell lm-eval``
-is that command with the registration done.
+the ``lm_eval.models`` entry point.  lm-eval 0.4.13 reads no model entry points (upstream issue #3282), so the package
+also installs ``gaincell_lm_eval.pth``: a start-up hook that registers ``gaincell`` lazily whenever lm-eval loads its
+model table (see ``gaincell_lm_eval_hook``), which is what makes the bare ``lm_eval --model gaincell`` work.
+``gaincell lm-eval`` is the same command with the offline tasks on the include path.
 """
 
 from __future__ import annotations
