@@ -7,16 +7,19 @@
 # ~6 x 1.5e9 x 5.4e9 = 4.9e19 FLOPs for the digital layers, plus the simulated arrays (on GPT-2 small the analog
 # attention costs ~2x SDPA); at ~40% of an H100's bf16 peak that is ~1.5 days on 8x H100.  Usage:
 #   NPROC=8 recipes/gpt2-xl-paper.sh [RUN_DIR]
+# Memory: fp32 weights + AdamW state + gradients are ~24 GB per process under DDP (fits 40-80 GB GPUs); on smaller GPUs
+# set FSDP=1 to shard them across the processes (--fsdp, FSDP2).
 set -euo pipefail
 RUN=${1:-runs/gpt2-xl-paper}
 NPROC=${NPROC:-8}
 DATA=${DATA:-hf:Skylion007/openwebtext:train}
 MICRO=${MICRO:-1}
 ACCUM=$(( 480 / (MICRO * NPROC) ))
+SHARD=${FSDP:+--fsdp}
 GC="torchrun --standalone --nproc_per_node=$NPROC -m gaincell"
 [ "$NPROC" = 1 ] && GC=gaincell
 COMMON="--batch-size 480 --grad-accum $ACCUM --context 1024 --lr 6e-4 --min-lr 6e-5 --warmup 2000 --lr-decay-steps 600000
-        --weight-decay 0.1 --grad-clip 1.0 --eval-every 100 --eval-batches 50 --save-every 100 --precision bf16 --seed 1337"
+        --weight-decay 0.1 --grad-clip 1.0 --eval-every 100 --eval-batches 50 --save-every 100 --precision bf16 --seed 1337 $SHARD"
 set -x
 mkdir -p "$RUN"
 [ -f "$RUN/owt-train.bin" ] || gaincell prepare --text "$DATA" --tokenizer gpt2-xl --out "$RUN/owt-train.bin"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +105,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- finetune
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from gaincell.train import TrainConfig, finetune
+    from gaincell.train import TrainConfig, finetune, resolve_device
 
     torch.set_num_threads(args.threads) if args.threads else None
-    model, tok = _load(args.model, args.hardware, args.device)
+    device = resolve_device(args.device)
+    # FSDP: the full model stays on the CPU; each rank moves only its shards to the device
+    model, tok = _load(args.model, args.hardware, "cpu" if args.fsdp else args.device)
     cfg = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -126,6 +129,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         distill_temperature=args.distill_temperature,
         precision=args.precision,
         lr_decay_steps=args.lr_decay_steps,
+        fsdp=args.fsdp,
     )
     teacher = _load(args.teacher, device=args.device)[0] if args.teacher else None
     train_ids = _text_ids(args.train, tok)
@@ -143,7 +147,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         progress=not args.quiet,
         stop_after=args.stop_after_steps,
+        device=device,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     if "stopped_at" in summary:
         print(f"stopped after step {summary['stopped_at']}: checkpoint in {Path(args.out) / 'checkpoint'}; run again to resume")
         return 0
@@ -375,6 +382,12 @@ def register(sub: Any) -> None:
         default="fp32",
         choices=["fp32", "bf16", "fp16"],
         help="autocast for the digital layers (the analog arrays are always simulated in float32)",
+    )
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP, "
+        "for models that do not fit one device",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_cmd_finetune)

@@ -64,18 +64,25 @@ def write_model_files(
     tokenizer: Any = None,
     metadata: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write config.json, model.safetensors, gaincell.json (and the tokenizer) into an existing folder."""
+    """Write config.json, model.safetensors, gaincell.json (and the tokenizer) into an existing folder.
+
+    ``state_dict``: the weights to write instead of ``model.state_dict()`` (e.g. gathered from FSDP shards)."""
     from safetensors.torch import save_file
 
     model.config.save_pretrained(folder)
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    for name, t in model.state_dict().items():
+    tied: dict[str, str] = {}  # by parameter identity, for gathered copies whose storage is no longer shared
+    first: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        tied[name] = first.setdefault(id(p), name)
+    for name, t in (state_dict if state_dict is not None else model.state_dict()).items():
         key = (t.data_ptr(), t.storage_offset(), tuple(t.shape))
-        if key in seen:  # tied weights (e.g. GPT-2's lm_head = wte): store once
-            aliases[name] = seen[key]
+        if key in seen or (tied.get(name, name) != name and tied[name] in tensors):  # tied (GPT-2's lm_head = wte)
+            aliases[name] = seen.get(key, tied.get(name, name))
             continue
         seen[key] = name
         t = t.detach().cpu()
@@ -115,10 +122,11 @@ def save(
     tokenizer: Any = None,
     metadata: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model`` (converted or not) to the folder ``path`` atomically; ``dtype`` casts floating weights."""
     with atomic_dir(path) as tmp:
-        write_model_files(model, tmp, tokenizer=tokenizer, metadata=metadata, dtype=dtype)
+        write_model_files(model, tmp, tokenizer=tokenizer, metadata=metadata, dtype=dtype, state_dict=state_dict)
     return Path(path)
 
 

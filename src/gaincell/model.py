@@ -257,11 +257,16 @@ class AttentionLayer:
 _SUPPORTED = ("GPT2LMHeadModel", "LlamaForCausalLM")
 
 
+def _is(obj: Any, *class_names: str) -> bool:
+    """Class-name test that also sees through subclasses made by wrappers (FSDP2's ``FSDPGPT2LMHeadModel``)."""
+    return any(c.__name__ in class_names for c in type(obj).__mro__)
+
+
 def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """The self-attention modules of a supported causal LM, in layer order."""
     name = type(model).__name__
     cfg = getattr(model, "config", None)
-    if cfg is None or name not in _SUPPORTED:
+    if cfg is None or not _is(model, *_SUPPORTED):
         raise GaincellError(
             f"model class {name} is not supported: gaincell converts {' and '.join(_SUPPORTED)} "
             "(GPT-2 and Llama-family causal LMs: SmolLM, TinyLlama, ...)"
@@ -270,8 +275,7 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
         raise GaincellError("GPT-2 models with cross-attention are not supported")
     layers = []
     for module in model.modules():
-        cls = type(module).__name__
-        if cls in ("GPT2Attention", "LlamaAttention") and not getattr(module, "is_cross_attention", False):
+        if _is(module, "GPT2Attention", "LlamaAttention") and not getattr(module, "is_cross_attention", False):
             n_heads = getattr(module, "num_heads", None) or cfg.num_attention_heads
             n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
             layers.append(AttentionLayer(int(module.layer_idx), module, int(n_heads), int(n_kv), int(module.head_dim)))

@@ -3,7 +3,10 @@
 Checkpoints are written atomically (a complete folder replaces the previous one) every ``save_every`` steps and on
 Ctrl-C; a run resumes exactly where it stopped: batches are drawn from a generator seeded by (seed, step, micro-step,
 rank), so the resumed loss curve is the uninterrupted one.  Written for ``torchrun``: with WORLD_SIZE > 1 it joins
-the process group, each rank draws its own micro-batches and only rank 0 writes.
+the process group, each rank draws its own share of the same global batch and only rank 0 writes.  Data parallel by
+default (DDP: every rank holds the whole model); ``fsdp=True`` shards parameters, gradients and optimizer state
+(PyTorch FSDP2, ``fully_shard`` per transformer block) for models that do not fit one device.  Checkpoints hold full,
+unsharded tensors in one format whatever the mode, so a run can resume with another number of processes or mode.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +55,7 @@ class TrainConfig:
     distill_temperature: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for the digital layers; the analog arrays stay float32)
     lr_decay_steps: int | None = None  # cosine length (default: steps); the paper decays over 600,000 iterations
+    fsdp: bool = False  # shard parameters, gradients and optimizer state across processes (FSDP2) instead of DDP
 
     def validate(self) -> None:
         checks = {
@@ -65,6 +72,7 @@ class TrainConfig:
             "distill_weight": 0 <= self.distill_weight <= 1,
             "distill_temperature": self.distill_temperature > 0,
             "precision": self.precision in ("fp32", "bf16", "fp16"),
+            "fsdp": not (self.fsdp and self.precision == "fp16"),  # no sharded loss scaler: use bf16 with FSDP
         }
         for name, ok in checks.items():
             if not ok:
@@ -97,29 +105,71 @@ def sample_batch(ids: Tensor, batch: int, context: int, seed: int) -> tuple[Tens
     return x, y
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _trained(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
+    """(name, parameter) pairs with and without weight decay, in the optimizer's order."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (decay if p.dim() >= 2 else no_decay).append((name, p))
+    return decay, no_decay
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = _trained(model)
+    return [
+        {"params": [p for _, p in decay], "weight_decay": weight_decay},
+        {"params": [p for _, p in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def _param_names(model: nn.Module) -> list[str]:
+    """Parameter names by optimizer index (the index ``optimizer.state_dict()`` uses)."""
+    decay, no_decay = _trained(model)
+    return [n for n, _ in decay + no_decay]
+
+
+def _shard(model: nn.Module, device: torch.device, world: int) -> None:
+    """FSDP2: ``fully_shard`` every transformer block, then the root (embeddings, final norm, head; tied weights stay
+    together).  CPU-resident parameters are moved to ``device`` shard by shard, so the whole model never has to fit."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6
+        from torch.distributed._composable.fsdp import fully_shard  # type: ignore[no-redef]
+    from torch.distributed.device_mesh import init_device_mesh
+
+    block_types = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in block_types]
+    if not blocks:
+        raise GaincellError(
+            f"--fsdp: cannot find the transformer blocks of {type(model).__name__} (it declares no _no_split_modules)"
+        )
+    mesh = init_device_mesh(device.type, (world,))
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 class _Dist:
-    def __init__(self) -> None:
+    def __init__(self, fsdp: bool = False) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.enabled = self.world > 1
+        self.fsdp = fsdp and self.enabled  # sharding over one process is the unsharded model
         if self.enabled and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            # gloo for CPU tensors, NCCL for CUDA ones (a CPU run on a GPU machine still works)
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
             torch.distributed.init_process_group(backend)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """DistributedDataParallel around the model when several processes train it (else the model itself)."""
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """DDP around the model, or the model sharded in place (FSDP), when several processes train it."""
+        if self.fsdp:
+            _shard(model, device, self.world)
+            return model
+        model.to(device)
         if not self.enabled:
             return model
         from torch.nn.parallel import DistributedDataParallel
@@ -139,6 +189,39 @@ class _Dist:
             torch.distributed.barrier()
 
 
+_PEER_FAILURE = ("closed by peer", "reset by peer", "Broken pipe", "communicator was aborted", "remote worker")
+
+
+def _peer_failure(exc: BaseException) -> bool:
+    """Did a collective fail because another process of the job died (gloo / NCCL errors)?"""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    return isinstance(exc, dist_error) or any(s in str(exc) for s in _PEER_FAILURE)
+
+
+def _checkpoint_step(ckpt: Path) -> int | None:
+    try:
+        return int(json.loads((ckpt / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM (torchrun stopping the job after a failure, a scheduler's pre-emption) is handled like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _autocast(device: torch.device, precision: str) -> Any:
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -146,14 +229,21 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'; a CUDA request without a GPU is an error."""
+    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'; a CUDA request without a GPU is an error.
+
+    Under ``torchrun`` 'auto' and 'cuda' mean this process's GPU, ``cuda:$LOCAL_RANK`` (made the current device)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise GaincellError(f"--device {name}: no CUDA GPU is available on this machine")
     if name != "cpu" and not name.startswith("cuda"):
         raise GaincellError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N")
-    return torch.device(name)
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 def _loss(model: nn.Module, x: Tensor, y: Tensor, teacher: nn.Module | None, cfg: TrainConfig) -> Tensor:
@@ -201,21 +291,64 @@ def _generators(model: nn.Module) -> list[torch.Generator]:
     return [m.generator for m in head_maps(model) if m.generator is not None]
 
 
-def _write_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig, meta: dict) -> None:
+def _full_state(model: nn.Module, opt: torch.optim.Optimizer | None, dist: _Dist) -> tuple[dict | None, dict | None]:
+    """Unsharded model weights and optimizer state (optimizer indices as ``optimizer.state_dict()``), on rank 0.
+
+    Under FSDP every rank must call this (it gathers the shards); elsewhere it is local and (None, ...) means "use the
+    model's own state_dict"."""
+    if not dist.fsdp:
+        return None, None if opt is None else opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    if opt is None:
+        return weights, None
+    by_name = get_optimizer_state_dict(model, opt, options=options)
+    if not dist.main:
+        return None, None
+    index = {name: i for i, name in enumerate(_param_names(model))}
+    state = {index[name]: value for name, value in by_name["state"].items()}
+    groups = [{**g, "params": [index[name] for name in g["params"]]} for g in by_name["param_groups"]]
+    return weights, {"state": state, "param_groups": groups}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, state: dict, model: nn.Module, dist: _Dist) -> None:
+    if not dist.fsdp:
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = _param_names(model)
+    by_name = {
+        "state": {names[int(i)]: value for i, value in state["state"].items()},
+        "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, opt, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def _write_checkpoint(
+    path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig, meta: dict, dist: _Dist
+) -> None:
+    """Every rank calls this (FSDP gathers the shards); only rank 0 writes."""
     from safetensors.torch import save_file
 
     from gaincell.hub import atomic_dir, write_model_files
 
+    weights, opt_state = _full_state(model, opt, dist)
+    if not dist.main:
+        return
     with atomic_dir(path) as tmp:
-        write_model_files(model, tmp, metadata=meta)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        write_model_files(model, tmp, metadata=meta, state_dict=weights)
+        torch.save(opt_state, tmp / "optimizer.pt")
         gens = {f"gen{i}": g.get_state() for i, g in enumerate(_generators(model))}
         if gens:
             save_file(gens, tmp / "noise_state.safetensors")
         (tmp / "state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}, indent=2))
 
 
-def _read_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig) -> int:
+def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig) -> int:
+    """Weights and noise generators into the (not yet wrapped) model; returns the checkpointed step."""
     from safetensors.torch import load_file
 
     from gaincell.hub import load
@@ -230,7 +363,6 @@ def _read_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, c
             )
     ckpt_model = load(path)
     model.load_state_dict(ckpt_model.state_dict())
-    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     if (path / "noise_state.safetensors").is_file():
         states = load_file(path / "noise_state.safetensors")
         for i, g in enumerate(_generators(model)):
@@ -238,7 +370,7 @@ def _read_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, c
     return int(state["step"])
 
 
-def _redo_cut_evaluation(log_path: Path, model: nn.Module, val_ids: Tensor, cfg: TrainConfig, step: int) -> None:
+def _redo_cut_evaluation(log_path: Path, model: nn.Module, val_ids: Tensor, cfg: TrainConfig, step: int, write: bool) -> None:
     """If the checkpointed step was interrupted before its scheduled evaluation, evaluate now and patch its record."""
     lines = log_path.read_text().splitlines()
     if not lines:
@@ -250,7 +382,8 @@ def _redo_cut_evaluation(log_path: Path, model: nn.Module, val_ids: Tensor, cfg:
         vl = evaluate_loss(model, val_ids, cfg)
         rec.update(val_loss=vl, val_ppl=math.exp(vl))
     lines[-1] = json.dumps(rec)
-    atomic_write_text(log_path, "".join(ln + "\n" for ln in lines))
+    if write:
+        atomic_write_text(log_path, "".join(ln + "\n" for ln in lines))
 
 
 def finetune(
@@ -266,35 +399,41 @@ def finetune(
     resume: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
+    device: torch.device | str | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place; writes ``out/log.jsonl``, ``out/checkpoint/`` and the final ``out/model/``.
 
     ``stop_after``: checkpoint and return after that many steps (of the whole run); run again to resume.
+    ``device``: where to train (default: where the model is); with ``cfg.fsdp`` the model may stay on the CPU and only
+    its shards are moved there.
 
     Returns a summary with the final validation loss/perplexity (when ``val_ids`` is given).
     """
     cfg.validate()
-    dist = _Dist()
+    dist = _Dist(fsdp=cfg.fsdp)
     out = Path(out)
     micro = cfg.batch_size // cfg.grad_accum
     if micro % dist.world:
         raise GaincellError(f"batch_size / grad_accum = {micro} must be divisible by the {dist.world} processes")
     per_rank = micro // dist.world
-    device = _device(model)
+    device = torch.device(device) if device is not None else _device(model)
     model.train()
     if teacher is not None:
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    ddp = dist.wrap(model)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     ckpt = out / "checkpoint"
     log_path = out / "log.jsonl"
     start = 0
     meta = dict(metadata or {})
-    if resume and (ckpt / "state.json").is_file():
-        start = _read_checkpoint(ckpt, model, opt, cfg) + 1
+    resuming = resume and (ckpt / "state.json").is_file()
+    if resuming:  # the full weights go into the model before it is wrapped or sharded
+        start = _read_checkpoint(ckpt, model, cfg) + 1
+    ddp = dist.wrap(model, device)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    if resuming:
+        _load_optimizer(opt, torch.load(ckpt / "optimizer.pt", weights_only=True), model, dist)
         if dist.main and log_path.is_file():  # keep exactly the log lines up to the checkpoint
             keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln).get("step", -1) < start]
             atomic_write_text(log_path, "".join(k + "\n" for k in keep))
@@ -302,6 +441,7 @@ def finetune(
         out.mkdir(parents=True, exist_ok=True)
         if log_path.exists():
             log_path.unlink()
+    dist.barrier()  # every rank sees the trimmed log
     bar = None
     if progress and dist.main:
         from tqdm import tqdm
@@ -320,9 +460,11 @@ def finetune(
                 fh.write(json.dumps(record) + "\n")
         logged = record["step"]
 
-    if start > 0 and val_ids is not None and dist.main and log_path.is_file():
-        _redo_cut_evaluation(log_path, model, val_ids, cfg, start - 1)
+    if start > 0 and val_ids is not None and (dist.main or dist.fsdp) and log_path.is_file():
+        _redo_cut_evaluation(log_path, model, val_ids, cfg, start - 1, write=dist.main)  # FSDP: every rank evaluates
 
+    sigterm = _sigterm_as_interrupt()
+    sigterm.__enter__()
     try:
         for step in range(start, cfg.steps):
             lr = cfg.lr_at(step)
@@ -336,7 +478,9 @@ def finetune(
                 x = x[dist.rank * per_rank : (dist.rank + 1) * per_rank].to(device)
                 y = y[dist.rank * per_rank : (dist.rank + 1) * per_rank].to(device)
                 sync = m == cfg.grad_accum - 1 or not dist.enabled
-                with contextlib.nullcontext() if sync else ddp.no_sync():  # type: ignore[operator]
+                if dist.fsdp:  # reduce-scatter the gradients only on the last micro-step
+                    ddp.set_requires_gradient_sync(sync)  # type: ignore[operator]
+                with contextlib.nullcontext() if sync or dist.fsdp else ddp.no_sync():  # type: ignore[operator]
                     loss = _loss(ddp, x, y, teacher, cfg)
                     scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += float(loss.detach()) / cfg.grad_accum
@@ -344,7 +488,8 @@ def finetune(
             if not math.isfinite(loss_sum):
                 raise GaincellError(f"training diverged: loss {loss_sum} at step {step} (try a lower --lr)")
             scaler.unscale_(opt)
-            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            gnorm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
             scaler.step(opt)
             scaler.update()
             record: dict[str, Any] = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": gnorm}
@@ -364,22 +509,37 @@ def finetune(
                 )
                 bar.update(1)
             stopping = stop_after is not None and step + 1 >= stop_after and not final
-            if dist.main and ((step + 1) % cfg.save_every == 0 or final or stopping):
-                _write_checkpoint(ckpt, model, opt, step, cfg, meta)
+            if (step + 1) % cfg.save_every == 0 or final or stopping:
+                _write_checkpoint(ckpt, model, opt, step, cfg, meta, dist)
             dist.barrier()
             if stopping:
                 break
-    except KeyboardInterrupt:
+    except RuntimeError as exc:
+        if not (dist.enabled and _peer_failure(exc)):
+            raise
+        kept = _checkpoint_step(ckpt)
+        raise GaincellError(
+            f"rank {dist.rank}: lost contact with another process of this job at step {step} (it failed or was killed; "
+            f"{str(exc).splitlines()[0][:160]}); "
+            + (f"the last complete checkpoint, step {kept}, is in {ckpt}: " if kept is not None else "no checkpoint yet: ")
+            + "run the same command again to resume (with any number of processes)"
+        ) from exc
+    except KeyboardInterrupt as exc:
+        if str(exc) == "SIGTERM":
+            print(f"gaincell: rank {dist.rank} stopped by SIGTERM at step {step}", file=sys.stderr)
         done = step if pending is not None else step - 1  # was the interrupted step's update applied?
         if pending is not None and logged < step:
             pending["interrupted"] = True  # its scheduled evaluation (if any) is redone on resume
             log(pending)
-        if dist.main and done >= start:
-            _write_checkpoint(ckpt, model, opt, done, cfg, meta)
-            if bar is not None:
-                bar.write(f"interrupted: checkpoint of step {step} written to {ckpt}; run again to resume")
+        if dist.fsdp:  # gathering the shards needs every rank, which may already be gone: keep the last checkpoint
+            if dist.main:
+                print(f"interrupted: the last periodic checkpoint in {ckpt} is kept; run again to resume", file=sys.stderr)
+        elif dist.main and done >= start:
+            _write_checkpoint(ckpt, model, opt, done, cfg, meta, dist)
+            print(f"interrupted: checkpoint of step {done} written to {ckpt}; run again to resume", file=sys.stderr)
         raise
     finally:
+        sigterm.__exit__(None, None, None)
         if bar is not None:
             bar.close()
     if not last and log_path.is_file():  # resumed a finished run: nothing was left to do
@@ -389,12 +549,13 @@ def finetune(
     if last and last.get("step", cfg.steps - 1) < cfg.steps - 1:  # stopped early on request: no final model yet
         summary["stopped_at"] = last["step"]
         return summary
+    weights, _ = _full_state(model, None, dist)
     if dist.main:
         from gaincell.hub import save
 
         if "val_loss" in last:
             meta.setdefault("metrics", {})["val_ppl"] = last["val_ppl"]
         meta["training"] = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * cfg.context}
-        save(model, out / "model", tokenizer=tokenizer, metadata=meta)
+        save(model, out / "model", tokenizer=tokenizer, metadata=meta, state_dict=weights)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
