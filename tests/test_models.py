@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -217,6 +218,38 @@ def test_finetune_lowers_loss_on_the_hardware(tmp_path, text, tok):
     reloaded = load(tmp_path / "run" / "model")
     assert attention_spec(reloaded).name == "paper"
     assert json.loads((tmp_path / "run" / "model" / "gaincell.json").read_text())["metrics"]["val_ppl"] > 1
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C compiler")
+def test_compiled_training_gives_the_eager_curve(tmp_path, text, tok):
+    """--compile: the digital layers compiled (inductor), the analog attention and mask eager; same losses."""
+    ids = tokenize(tok, [text[0]])
+    curves = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        model = convert(tiny_gpt2(len(tok)), "paper")
+        _train(model, ids, tmp_path / str(compiled), 4, compile=compiled)
+        curves[compiled] = [
+            json.loads(line)["loss"] for line in (tmp_path / str(compiled) / "log.jsonl").read_text().splitlines()
+        ]
+    assert len(curves[True]) == 4
+    assert curves[True] == pytest.approx(curves[False], rel=1e-4)
+
+
+def test_a_packed_sequence_mask_is_refused_but_one_that_is_plain_causal_is_accepted():
+    """Under torch.compile transformers hands the mask function wrapped with a packed-sequence mask; the mask
+    function is judged by what it computes."""
+    from transformers.masking_utils import and_masks, causal_mask_function, packed_sequence_mask_function
+
+    from gaincell.model import gaincell_mask
+
+    one_sequence = packed_sequence_mask_function(torch.zeros(2, 6, dtype=torch.long))
+    two_sequences = packed_sequence_mask_function(torch.tensor([[0, 0, 0, 1, 1, 1]] * 2))
+    assert gaincell_mask(2, 6, 6, mask_function=and_masks(causal_mask_function, one_sequence)) is None
+    with pytest.raises(GaincellError, match="plain causal"):
+        gaincell_mask(2, 6, 6, mask_function=and_masks(causal_mask_function, two_sequences))
+    with pytest.raises(GaincellError, match="plain causal"):
+        gaincell_mask(2, 6, 6, mask_function=lambda b, h, q, kv: kv <= q + 1)
 
 
 def test_resume_after_interruption_gives_the_same_curve(tmp_path, text, tok, monkeypatch):

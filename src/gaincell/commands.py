@@ -130,6 +130,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         precision=args.precision,
         lr_decay_steps=args.lr_decay_steps,
         fsdp=args.fsdp,
+        compile=args.compile,
     )
     teacher = _load(args.teacher, device=args.device)[0] if args.teacher else None
     train_ids = _text_ids(args.train, tok)
@@ -388,6 +389,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead of DDP, "
         "for models that do not fit one device",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the digital layers (attention stays eager); pays off on GPUs, see benchmarks/RESULTS.md",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=_cmd_finetune)

@@ -129,6 +129,7 @@ def _repeat_kv(x: Tensor, groups: int) -> Tensor:
     return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)
 
 
+@torch.compiler.disable  # streamed blocks, per-sequence loops, statistics hooks: run eagerly inside compiled models
 def gaincell_attention(
     module: nn.Module,
     query: Tensor,
@@ -207,6 +208,27 @@ def _per_sequence(padding: Tensor | None, q: Tensor, k: Tensor, v: Tensor, fn: A
     return out
 
 
+def _is_plain_causal(mask_function: Any, batch: int, q_length: int, kv_length: int, q_offset: Any, kv_offset: Any) -> bool:
+    """Is ``mask_function`` the plain causal mask?  transformers' own function is recognised at once; anything else
+    (under torch.compile transformers wraps it with a packed-sequence mask it cannot check while tracing) is
+    evaluated on the whole (batch, query, key) grid and compared with the causal pattern."""
+    from transformers.masking_utils import causal_mask_function
+
+    if mask_function is None or mask_function is causal_mask_function:
+        return True
+    b = torch.arange(batch)[:, None, None, None]
+    h = torch.zeros(1, dtype=torch.long)[None, :, None, None]
+    q = (torch.arange(q_length) + int(q_offset))[None, None, :, None]
+    kv = (torch.arange(kv_length) + int(kv_offset))[None, None, None, :]
+    try:
+        got = torch.as_tensor(mask_function(b, h, q, kv)).cpu().bool()
+    except Exception:  # a mask that cannot be evaluated this way is not the plain causal one
+        return False
+    want = kv <= q
+    return torch.equal(got.expand(batch, 1, q_length, kv_length), want.expand(batch, 1, q_length, kv_length))
+
+
+@torch.compiler.disable  # data-dependent: returns None when nothing is padded
 def gaincell_mask(
     batch_size: int,
     q_length: int,
@@ -223,12 +245,10 @@ def gaincell_mask(
     when nothing is padded).  Any mask other than the plain causal one (packed sequences, custom overlays) is refused
     rather than silently dropped.
     """
-    from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
-
-    sliding = getattr(sliding_window_causal_mask_function, "__code__", None)
-    plain = mask_function is None or mask_function is causal_mask_function
-    if not plain and not (sliding is not None and getattr(mask_function, "__code__", None) is sliding):
-        raise GaincellError("gaincell attention supports plain causal masks only (no packed sequences or custom mask functions)")
+    if not _is_plain_causal(mask_function, batch_size, q_length, kv_length, q_offset, kv_offset):
+        raise GaincellError(
+            f"gaincell attention supports plain causal masks only (no packed sequences or custom mask functions), got {mask_function!r}"
+        )
     if attention_mask is None:
         return None
     m = attention_mask[:, kv_offset : kv_offset + kv_length].bool()

@@ -56,6 +56,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for the digital layers; the analog arrays stay float32)
     lr_decay_steps: int | None = None  # cosine length (default: steps); the paper decays over 600,000 iterations
     fsdp: bool = False  # shard parameters, gradients and optimizer state across processes (FSDP2) instead of DDP
+    compile: bool = False  # torch.compile the digital layers (the analog attention always runs eagerly)
 
     def validate(self) -> None:
         checks = {
@@ -430,6 +431,8 @@ def finetune(
     if resuming:  # the full weights go into the model before it is wrapped or sharded
         start = _read_checkpoint(ckpt, model, cfg) + 1
     ddp = dist.wrap(model, device)
+    if cfg.compile:  # graphs break at each attention call, which stays eager (see gaincell.model.gaincell_attention)
+        ddp = torch.compile(ddp)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     if resuming:
@@ -479,8 +482,9 @@ def finetune(
                 y = y[dist.rank * per_rank : (dist.rank + 1) * per_rank].to(device)
                 sync = m == cfg.grad_accum - 1 or not dist.enabled
                 if dist.fsdp:  # reduce-scatter the gradients only on the last micro-step
-                    ddp.set_requires_gradient_sync(sync)  # type: ignore[operator]
-                with contextlib.nullcontext() if sync or dist.fsdp else ddp.no_sync():  # type: ignore[operator]
+                    model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+                no_sync = getattr(ddp, "_orig_mod", ddp).no_sync if not (sync or dist.fsdp) else contextlib.nullcontext
+                with no_sync():
                     loss = _loss(ddp, x, y, teacher, cfg)
                     scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += float(loss.detach()) / cfg.grad_accum
