@@ -1,10 +1,11 @@
 """Kernel speed and memory against torch's scaled_dot_product_attention, measured in one process.
 
-    python benchmarks/kernel.py [--threads 2] [--repeats 5] [--preset paper] [--markdown]
+    python benchmarks/kernel.py [--threads 2] [--repeats 5] [--preset paper] [--device cpu|cuda]
 
 B=1, H=12, D=64, float32.  For each T in {256, 1024, 4096} and W in {256, T}: forward time of the paper kernel and of
 SDPA(is_causal=True) on the same tensors, forward+backward of both, and the peak extra memory of one forward
-(VmHWM increase minus the output, in a fresh subprocess; Linux only).  Medians of ``--repeats`` runs.
+(VmHWM increase minus the output, in a fresh subprocess; Linux only; on CUDA the allocator's peak).  Medians of
+``--repeats`` runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 import torch
 
-from common import median_time
+from common import cuda_peak_mib, median_time
 from gaincell import HardwareConfig, analog_attention
 
 F = torch.nn.functional
@@ -63,11 +64,13 @@ def main() -> None:
     ap.add_argument("--preset", default="paper")
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--no-backward-above", type=int, default=1024, help="skip fwd+bwd for T above this")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     base = HardwareConfig.preset(args.preset)
-    cpu = platform.processor() or platform.machine()
-    print(f"# {datetime.date.today()} | {cpu} | torch {torch.__version__} | {args.threads} threads | preset {args.preset}")
+    dev = args.device
+    where = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or platform.machine()
+    print(f"# {datetime.date.today()} | {where} | torch {torch.__version__} | {args.threads} threads | preset {args.preset}")
     print(
         "| T | W | SDPA fwd ms | analog fwd ms | fwd ratio | SDPA fwd+bwd ms | analog fwd+bwd ms | fwd+bwd ratio |"
         " SDPA peak MiB | analog peak MiB |"
@@ -75,14 +78,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for t in args.lengths:
         gen = torch.Generator().manual_seed(0)
-        q = torch.rand(1, 12, t, 64, generator=gen)
-        k = torch.rand(1, 12, t, 64, generator=gen) * 0.9
-        v = torch.rand(1, 12, t, 64, generator=gen) * 0.9
+        q = torch.rand(1, 12, t, 64, generator=gen).to(dev)
+        k = (torch.rand(1, 12, t, 64, generator=gen) * 0.9).to(dev)
+        v = (torch.rand(1, 12, t, 64, generator=gen) * 0.9).to(dev)
         for w in sorted({256, t}):
             cfg = base.replace(window=w)
             reps = args.repeats if t <= 1024 else max(2, args.repeats // 2)
-            ts = median_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), reps)
-            ta = median_time(lambda cfg=cfg: analog_attention(q, k, v, cfg), reps)
+            ts = median_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), reps, dev)
+            ta = median_time(lambda cfg=cfg: analog_attention(q, k, v, cfg), reps, dev)
             row = [str(t), str(w), f"{ts * 1e3:.1f}", f"{ta * 1e3:.1f}", f"{ta / ts:.2f}x"]
             if t <= args.no_backward_above:
                 qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
@@ -93,13 +96,17 @@ def main() -> None:
                 def analog_fb(cfg=cfg):
                     analog_attention(qg, kg, vg, cfg).sum().backward()
 
-                tsb = median_time(sdpa_fb, reps)
-                tab = median_time(analog_fb, reps)
+                tsb = median_time(sdpa_fb, reps, dev)
+                tab = median_time(analog_fb, reps, dev)
                 row += [f"{tsb * 1e3:.1f}", f"{tab * 1e3:.1f}", f"{tab / tsb:.2f}x"]
             else:
                 row += ["-", "-", "-"]
-            ms = _peak_mib(t, w, "sdpa", args.preset, args.threads) if w == t else None
-            ma = _peak_mib(t, w, "analog", args.preset, args.threads)
+            if dev.startswith("cuda"):
+                ms = cuda_peak_mib(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)) if w == t else None
+                ma = cuda_peak_mib(lambda cfg=cfg: analog_attention(q, k, v, cfg))
+            else:
+                ms = _peak_mib(t, w, "sdpa", args.preset, args.threads) if w == t else None
+                ma = _peak_mib(t, w, "analog", args.preset, args.threads)
             row += ["-" if ms is None else f"{ms:.1f}", "-" if ma is None else f"{ma:.1f}"]
             print("| " + " | ".join(row) + " |", flush=True)
 

@@ -170,7 +170,13 @@ class AnalogCacheLayer(CacheLayerMixin):
             k_ = yk.index_select(0, idx)[:, :, s:].repeat_interleave(g, 1)
             v_ = yv.index_select(0, idx)[:, :, s:].repeat_interleave(g, 1)
             o = analog_attention(
-                q.index_select(0, idx)[:, :, s:], k_, v_, hw, voltages=True, layer=self.index, generator=maps.generator
+                q.index_select(0, idx)[:, :, s:],
+                k_,
+                v_,
+                hw,
+                voltages=True,
+                layer=self.index,
+                generator=maps.noise_generator(q.device),
             )
             out[idx, :, s:] = o
         for t in range(q.shape[2]):
@@ -263,7 +269,7 @@ class AnalogCacheLayer(CacheLayerMixin):
                 _no_leak(hw),
                 voltages=True,
                 layer=self.index,
-                generator=maps.generator,
+                generator=maps.noise_generator(q.device),
             )
             out[rows] = o
 

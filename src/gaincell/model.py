@@ -106,6 +106,13 @@ class HeadMaps(nn.Module):
     def extra_repr(self) -> str:
         return f"layer={self.layer}, heads={self.q_scale.numel()}, kv_heads={self.k_scale.numel()}"
 
+    def noise_generator(self, device: torch.device) -> torch.Generator | None:
+        """This layer's noise stream for tensors on ``device``.  Random streams live on one device (CPU and CUDA draw
+        different numbers), so a model moved to another device gets a stream there, seeded as at conversion."""
+        if self.generator is not None and self.generator.device != device:
+            self.generator = make_generator(self.spec, self.layer, device)  # type: ignore[arg-type]
+        return self.generator
+
     @staticmethod
     def apply(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + bias.view(1, -1, 1, 1).to(x.dtype)
@@ -168,7 +175,7 @@ def gaincell_attention(
     k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
 
     def run(q_: Tensor, k_: Tensor, v_: Tensor, start: int) -> Tensor:
-        return analog_attention(q_, k_, v_, spec, layer=maps.layer, generator=maps.generator)
+        return analog_attention(q_, k_, v_, spec, layer=maps.layer, generator=maps.noise_generator(q_.device))
 
     out = _per_sequence(padding, q, k, v, run)
     out = maps.apply(out, maps.out_scale, maps.out_bias)

@@ -367,7 +367,14 @@ def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig) -> int:
     if (path / "noise_state.safetensors").is_file():
         states = load_file(path / "noise_state.safetensors")
         for i, g in enumerate(_generators(model)):
-            g.set_state(states[f"gen{i}"])
+            state = states.get(f"gen{i}")
+            if state is None or state.numel() != g.get_state().numel():  # written on another device type
+                print(
+                    f"gaincell: {path} holds noise streams of another device type: layer noise restarts from its seed",
+                    file=sys.stderr,
+                )
+                break
+            g.set_state(state)
     return int(state["step"])
 
 
