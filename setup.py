@@ -13,7 +13,8 @@ from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
 PTH = "gaincell_lm_eval.pth"
-LINE = "import gaincell_lm_eval_hook; gaincell_lm_eval_hook.install()\n"
+# guarded: a deleted editable source tree must not make every Python start-up print a traceback
+LINE = "import importlib.util as u; u.find_spec('gaincell_lm_eval_hook') and __import__('gaincell_lm_eval_hook').install()\n"
 
 
 class BuildWithPth(build_py):

@@ -18,6 +18,7 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -49,7 +50,10 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._inner.exec_module(module)
-        register()
+        try:
+            register()
+        except Exception as exc:  # never break lm-eval itself (e.g. a version with another registry API)
+            warnings.warn(f"gaincell could not register its lm-eval model type: {exc!r}", RuntimeWarning, stacklevel=2)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... for tracebacks and inspect
         return getattr(self._inner, name)
@@ -61,7 +65,7 @@ class _Finder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname != MODULE:
             return None
-        sys.meta_path.remove(self)  # once is enough; also keeps the lookup below from finding this finder again
+        # the path-based finder itself, not sys.meta_path again; once the module is imported nobody asks again
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is not None and spec.loader is not None:
             spec.loader = _Loader(spec.loader)

@@ -190,11 +190,10 @@ def test_a_killed_rank_ends_the_job_clearly_and_the_last_checkpoint_resumes(setu
             job.kill()
     assert job.returncode != 0  # the whole job ends
     assert "SIGKILL" in err  # torchrun names the killed rank ...
-    assert (
-        "rank 0: lost contact with another process" in err or "rank 0 stopped by SIGTERM" in err
-    )  # ... gaincell says what it means
+    # ... and gaincell says what it means: a collective failed (gloo noticed first), or torchrun's SIGTERM arrived first
+    assert "rank 0: a collective operation failed" in err or "stopped by SIGTERM" in err, err[-3000:]
     kept = _checkpoint_step(out)
-    assert kept >= 5 and (kept + 1) % 3 == 0  # a complete periodic checkpoint, not a half-written one
+    assert kept >= 5  # a complete checkpoint (periodic, or the one written on SIGTERM)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folders left behind
     _run(_args(d, out, steps=5000, extra=("--save-every", "3", "--eval-every", "1000", "--stop-after-steps", str(kept + 3))))
     assert _checkpoint_step(out) == kept + 2
@@ -203,7 +202,7 @@ def test_a_killed_rank_ends_the_job_clearly_and_the_last_checkpoint_resumes(setu
 
 
 def test_sigterm_checkpoints_a_single_process_run(setup, tmp_path):
-    """A scheduler's SIGTERM is handled like Ctrl-C: a checkpoint of the last finished step, then a clean exit."""
+    """A scheduler's SIGTERM: the step in progress finishes, its checkpoint is written, exit status 143; it resumes."""
     d, out = setup, tmp_path / "run"
     argv = _args(d, out, steps=5000, extra=("--save-every", "1000", "--eval-every", "1000"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -215,6 +214,9 @@ def test_sigterm_checkpoints_a_single_process_run(setup, tmp_path):
         time.sleep(0.05)
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=120)
-    assert job.returncode == 130, err[-2000:]
-    assert "stopped by SIGTERM" in err and "checkpoint of step" in err
-    assert _checkpoint_step(out) >= 1
+    assert job.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM after step" in err
+    kept = _checkpoint_step(out)
+    assert kept >= 10 and f"after step {kept}:" in err  # the step it finished, checkpointed
+    _run(_args(d, out, steps=5000, extra=("--save-every", "1000", "--eval-every", "1000", "--stop-after-steps", str(kept + 3))))
+    assert _checkpoint_step(out) == kept + 2

@@ -283,6 +283,26 @@ def test_resume_after_interruption_gives_the_same_curve(tmp_path, text, tok, mon
         _train(convert(tiny_gpt2(len(tok)), "paper"), ids, tmp_path / "b", 9)
 
 
+def test_noisy_hardware_resumes_with_the_same_noise_stream(tmp_path, text, tok):
+    """Read and write noise draw from per-layer streams; a stopped-and-resumed run continues them exactly."""
+    ids = tokenize(tok, [text[0]])
+    hw = HardwareConfig.preset("paper").replace(read_noise_score=0.05, read_noise_output=0.02, write_noise=0.01)
+    _train(drive_arrays(convert(tiny_gpt2(len(tok), seed=3), hw)), ids, tmp_path / "a", 6)
+    ref = [json.loads(line)["loss"] for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    model = drive_arrays(convert(tiny_gpt2(len(tok), seed=3), hw))
+    cfg = TrainConfig(
+        steps=6, batch_size=4, context=32, warmup=2, eval_every=5, eval_batches=2, save_every=2, log_every=1, lr=3e-3
+    )
+    finetune(model, ids, ids[:2000], cfg, tmp_path / "b", progress=False, stop_after=3)
+    assert (tmp_path / "b" / "checkpoint" / "noise_state.safetensors").is_file()
+    _train(drive_arrays(convert(tiny_gpt2(len(tok), seed=99), hw)), ids, tmp_path / "b", 6)
+    got = [json.loads(line)["loss"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert got == ref
+    # a different noise stream would have given a different curve: the noise really enters the loss
+    _train(drive_arrays(convert(tiny_gpt2(len(tok), seed=3), hw.replace(seed=1))), ids, tmp_path / "c", 6)
+    assert [json.loads(line)["loss"] for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()] != ref
+
+
 # ---------------------------------------------------------------------------------------------------- evaluation
 def test_strided_perplexity_matches_a_direct_computation(text, tok):
     ids = tokenize(tok, [text[1]])[:300]

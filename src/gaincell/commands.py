@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,16 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         stop_after=args.stop_after_steps,
         device=device,
     )
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+    rank = int(os.environ.get("RANK", "0"))
+    if summary.get("stopped_by") == "SIGTERM":  # pre-empted: the checkpoint of the last step is written
+        if rank == 0:
+            print(
+                f"gaincell: stopped by SIGTERM after step {summary['stopped_at']}: checkpoint in "
+                f"{Path(args.out) / 'checkpoint'}; run the same command again to resume",
+                file=sys.stderr,
+            )
+        return 143  # 128 + SIGTERM, as if the signal had ended the process
+    if rank != 0:  # under torchrun, rank 0 reports
         return 0
     if "stopped_at" in summary:
         print(f"stopped after step {summary['stopped_at']}: checkpoint in {Path(args.out) / 'checkpoint'}; run again to resume")

@@ -223,16 +223,19 @@ def _is_plain_causal(mask_function: Any, batch: int, q_length: int, kv_length: i
 
     if mask_function is None or mask_function is causal_mask_function:
         return True
-    b = torch.arange(batch)[:, None, None, None]
     h = torch.zeros(1, dtype=torch.long)[None, :, None, None]
     q = (torch.arange(q_length) + int(q_offset))[None, None, :, None]
     kv = (torch.arange(kv_length) + int(kv_offset))[None, None, None, :]
-    try:
-        got = torch.as_tensor(mask_function(b, h, q, kv)).cpu().bool()
-    except Exception:  # a mask that cannot be evaluated this way is not the plain causal one
-        return False
-    want = kv <= q
-    return torch.equal(got.expand(batch, 1, q_length, kv_length), want.expand(batch, 1, q_length, kv_length))
+    want = (kv <= q).expand(1, 1, q_length, kv_length)
+    for row in range(batch):  # one sequence at a time: memory Q x KV, not B x Q x KV
+        b = torch.full((1, 1, 1, 1), row, dtype=torch.long)
+        try:
+            got = torch.as_tensor(mask_function(b, h, q, kv)).cpu().bool()
+        except Exception:  # a mask that cannot be evaluated this way is not the plain causal one
+            return False
+        if not torch.equal(got.expand(1, 1, q_length, kv_length), want):
+            return False
+    return True
 
 
 @torch.compiler.disable  # data-dependent: returns None when nothing is padded

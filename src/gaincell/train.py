@@ -179,11 +179,15 @@ class _Dist:
         return DistributedDataParallel(model, device_ids=device_ids)
 
     def mean(self, value: float) -> float:
+        return self.mean_and_any(value, False)[0]
+
+    def mean_and_any(self, value: float, flag: bool) -> tuple[float, bool]:
+        """The mean of ``value`` over ranks and whether any rank raised ``flag`` (one all-reduce)."""
         if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
+            return value, flag
+        t = torch.tensor([value, float(flag)], dtype=torch.float64)
         torch.distributed.all_reduce(t)
-        return float(t) / self.world
+        return float(t[0]) / self.world, bool(t[1] > 0)
 
     def barrier(self) -> None:
         if self.enabled:
@@ -206,21 +210,25 @@ def _checkpoint_step(ckpt: Path) -> int | None:
         return None
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Any:
-    """SIGTERM (torchrun stopping the job after a failure, a scheduler's pre-emption) is handled like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _StopRequest:
+    """SIGTERM (a scheduler's pre-emption, torchrun stopping the job) only sets a flag; the training loop checks it at
+    the end of each step, agreed across ranks, then writes a checkpoint of that step and stops."""
 
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt("SIGTERM")
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
@@ -348,11 +356,12 @@ def _write_checkpoint(
         (tmp / "state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}, indent=2))
 
 
-def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig) -> int:
+def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, device: torch.device) -> int:
     """Weights and noise generators into the (not yet wrapped) model; returns the checkpointed step."""
     from safetensors.torch import load_file
 
     from gaincell.hub import load
+    from gaincell.model import head_maps, is_converted
 
     state = json.loads((path / "state.json").read_text())
     saved = state["config"]
@@ -365,17 +374,28 @@ def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig) -> int:
     ckpt_model = load(path)
     model.load_state_dict(ckpt_model.state_dict())
     if (path / "noise_state.safetensors").is_file():
+        if is_converted(model):  # the streams live where training runs (the model may still be on the CPU)
+            for maps in head_maps(model):
+                maps.noise_generator(device)
         states = load_file(path / "noise_state.safetensors")
         for i, g in enumerate(_generators(model)):
-            state = states.get(f"gen{i}")
-            if state is None or state.numel() != g.get_state().numel():  # written on another device type
+            saved_state = states.get(f"gen{i}")
+            if saved_state is None or saved_state.numel() != g.get_state().numel():  # written on another device type
                 print(
                     f"gaincell: {path} holds noise streams of another device type: layer noise restarts from its seed",
                     file=sys.stderr,
                 )
                 break
-            g.set_state(state)
+            g.set_state(saved_state)
     return int(state["step"])
+
+
+def _recover_checkpoint(ckpt: Path) -> None:
+    """A process killed between the two renames that replace a checkpoint leaves only the previous one, under its
+    temporary name: put it back."""
+    old = ckpt.with_name(f".{ckpt.name}.old")
+    if not ckpt.exists() and (old / "state.json").is_file():
+        old.rename(ckpt)
 
 
 def _redo_cut_evaluation(log_path: Path, model: nn.Module, val_ids: Tensor, cfg: TrainConfig, step: int, write: bool) -> None:
@@ -424,7 +444,7 @@ def finetune(
     if micro % dist.world:
         raise GaincellError(f"batch_size / grad_accum = {micro} must be divisible by the {dist.world} processes")
     per_rank = micro // dist.world
-    device = torch.device(device) if device is not None else _device(model)
+    device = resolve_device(str(device)) if device is not None else _device(model)
     model.train()
     if teacher is not None:
         teacher.eval()
@@ -434,9 +454,11 @@ def finetune(
     log_path = out / "log.jsonl"
     start = 0
     meta = dict(metadata or {})
+    if resume:
+        _recover_checkpoint(ckpt)
     resuming = resume and (ckpt / "state.json").is_file()
     if resuming:  # the full weights go into the model before it is wrapped or sharded
-        start = _read_checkpoint(ckpt, model, cfg) + 1
+        start = _read_checkpoint(ckpt, model, cfg, device) + 1
     ddp = dist.wrap(model, device)
     if cfg.compile:  # graphs break at each attention call, which stays eager (see gaincell.model.gaincell_attention)
         ddp = torch.compile(ddp)
@@ -473,8 +495,8 @@ def finetune(
     if start > 0 and val_ids is not None and (dist.main or dist.fsdp) and log_path.is_file():
         _redo_cut_evaluation(log_path, model, val_ids, cfg, start - 1, write=dist.main)  # FSDP: every rank evaluates
 
-    sigterm = _sigterm_as_interrupt()
-    sigterm.__enter__()
+    sigterm = _StopRequest().__enter__()
+    terminated = False
     try:
         for step in range(start, cfg.steps):
             lr = cfg.lr_at(step)
@@ -495,7 +517,7 @@ def finetune(
                     loss = _loss(ddp, x, y, teacher, cfg)
                     scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += float(loss.detach()) / cfg.grad_accum
-            loss_sum = dist.mean(loss_sum)
+            loss_sum, terminated = dist.mean_and_any(loss_sum, sigterm.requested)
             if not math.isfinite(loss_sum):
                 raise GaincellError(f"training diverged: loss {loss_sum} at step {step} (try a lower --lr)")
             scaler.unscale_(opt)
@@ -519,7 +541,7 @@ def finetune(
                     loss=f"{loss_sum:.3f}", **({"val_ppl": f"{record['val_ppl']:.1f}"} if "val_ppl" in record else {})
                 )
                 bar.update(1)
-            stopping = stop_after is not None and step + 1 >= stop_after and not final
+            stopping = (terminated or (stop_after is not None and step + 1 >= stop_after)) and not final
             if (step + 1) % cfg.save_every == 0 or final or stopping:
                 _write_checkpoint(ckpt, model, opt, step, cfg, meta, dist)
             dist.barrier()
@@ -530,14 +552,12 @@ def finetune(
             raise
         kept = _checkpoint_step(ckpt)
         raise GaincellError(
-            f"rank {dist.rank}: lost contact with another process of this job at step {step} (it failed or was killed; "
-            f"{str(exc).splitlines()[0][:160]}); "
+            f"rank {dist.rank}: a collective operation failed at step {step}: another process of this job probably "
+            f"failed or was killed ({str(exc).splitlines()[0][:160]}); "
             + (f"the last complete checkpoint, step {kept}, is in {ckpt}: " if kept is not None else "no checkpoint yet: ")
             + "run the same command again to resume (with any number of processes)"
         ) from exc
-    except KeyboardInterrupt as exc:
-        if str(exc) == "SIGTERM":
-            print(f"gaincell: rank {dist.rank} stopped by SIGTERM at step {step}", file=sys.stderr)
+    except KeyboardInterrupt:
         done = step if pending is not None else step - 1  # was the interrupted step's update applied?
         if pending is not None and logged < step:
             pending["interrupted"] = True  # its scheduled evaluation (if any) is redone on resume
@@ -559,6 +579,8 @@ def finetune(
     summary = {"steps": cfg.steps, "final": last, "config": dataclasses.asdict(cfg)}
     if last and last.get("step", cfg.steps - 1) < cfg.steps - 1:  # stopped early on request: no final model yet
         summary["stopped_at"] = last["step"]
+        if terminated:
+            summary["stopped_by"] = "SIGTERM"
         return summary
     weights, _ = _full_state(model, None, dist)
     if dist.main:
