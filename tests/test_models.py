@@ -283,6 +283,23 @@ def test_resume_after_interruption_gives_the_same_curve(tmp_path, text, tok, mon
         _train(convert(tiny_gpt2(len(tok)), "paper"), ids, tmp_path / "b", 9)
 
 
+def test_a_checkpoint_cut_between_its_two_renames_is_recovered(tmp_path, text, tok):
+    """Killed after moving the old checkpoint aside but before moving the new one in: resume finds the old one."""
+    ids = tokenize(tok, [text[0]])
+    cfg = TrainConfig(
+        steps=6, batch_size=4, context=32, warmup=2, eval_every=5, eval_batches=2, save_every=2, log_every=1, lr=3e-3
+    )
+    finetune(convert(tiny_gpt2(len(tok), seed=3), "paper"), ids, ids[:2000], cfg, tmp_path / "r", progress=False, stop_after=4)
+    ckpt = tmp_path / "r" / "checkpoint"
+    before = [json.loads(line)["loss"] for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    ckpt.rename(tmp_path / "r" / ".checkpoint.old")
+    finetune(convert(tiny_gpt2(len(tok), seed=99), "paper"), ids, ids[:2000], cfg, tmp_path / "r", progress=False, stop_after=5)
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 4  # resumed from step 3, not started over
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1, 2, 3, 4]
+    assert [r["loss"] for r in log[:4]] == before  # the first run's records kept: not restarted from the new init
+
+
 def test_noisy_hardware_resumes_with_the_same_noise_stream(tmp_path, text, tok):
     """Read and write noise draw from per-layer streams; a stopped-and-resumed run continues them exactly."""
     ids = tokenize(tok, [text[0]])
