@@ -201,8 +201,10 @@ def test_a_killed_rank_ends_the_job_clearly_and_the_last_checkpoint_resumes(setu
     assert steps == sorted(set(steps)) and steps[-1] <= kept + 2  # one record per step, in order
 
 
-def test_sigterm_checkpoints_a_single_process_run(setup, tmp_path):
-    """A scheduler's SIGTERM: the step in progress finishes, its checkpoint is written, exit status 143; it resumes."""
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_checkpoint_a_single_process_run(setup, tmp_path, sig, status):
+    """A scheduler's SIGTERM or a Ctrl-C: the step in progress finishes, its checkpoint is written, exit status
+    128 + signal; it resumes from there."""
     d, out = setup, tmp_path / "run"
     argv = _args(d, out, steps=5000, extra=("--save-every", "1000", "--eval-every", "1000"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -212,10 +214,10 @@ def test_sigterm_checkpoints_a_single_process_run(setup, tmp_path):
     while not log.is_file() or len(log.read_text().splitlines()) < 2:  # steps 0 and 10 logged
         assert job.poll() is None and time.time() < deadline
         time.sleep(0.05)
-    job.send_signal(signal.SIGTERM)
+    job.send_signal(sig)
     _, err = job.communicate(timeout=120)
-    assert job.returncode == 143, err[-2000:]
-    assert "stopped by SIGTERM after step" in err
+    assert job.returncode == status, err[-2000:]
+    assert f"stopped by {sig.name} after step" in err
     kept = _checkpoint_step(out)
     assert kept >= 10 and f"after step {kept}:" in err  # the step it finished, checkpointed
     _run(_args(d, out, steps=5000, extra=("--save-every", "1000", "--eval-every", "1000", "--stop-after-steps", str(kept + 3))))

@@ -152,14 +152,14 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         device=device,
     )
     rank = int(os.environ.get("RANK", "0"))
-    if summary.get("stopped_by") == "SIGTERM":  # pre-empted: the checkpoint of the last step is written
+    if "stopped_by" in summary:  # SIGTERM or Ctrl-C: the step in progress finished and its checkpoint is written
         if rank == 0:
             print(
-                f"gaincell: stopped by SIGTERM after step {summary['stopped_at']}: checkpoint in "
+                f"gaincell: stopped by {summary['stopped_by']} after step {summary['stopped_at']}: checkpoint in "
                 f"{Path(args.out) / 'checkpoint'}; run the same command again to resume",
                 file=sys.stderr,
             )
-        return 143  # 128 + SIGTERM, as if the signal had ended the process
+        return 130 if summary["stopped_by"] == "SIGINT" else 143  # 128 + the signal, as if it had ended the process
     if rank != 0:  # under torchrun, rank 0 reports
         return 0
     if "stopped_at" in summary:

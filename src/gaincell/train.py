@@ -211,24 +211,38 @@ def _checkpoint_step(ckpt: Path) -> int | None:
 
 
 class _StopRequest:
-    """SIGTERM (a scheduler's pre-emption, torchrun stopping the job) only sets a flag; the training loop checks it at
-    the end of each step, agreed across ranks, then writes a checkpoint of that step and stops."""
+    """SIGTERM (a scheduler's pre-emption, torchrun stopping the job) and Ctrl-C only set a flag; the training loop
+    reads it once per step, agreed across ranks, finishes that step, writes its checkpoint and stops — so a
+    checkpoint never holds a half-applied optimizer step.  A second Ctrl-C stops at once (KeyboardInterrupt)."""
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, announce: bool) -> None:
+        self.signal: str | None = None
+        self._announce = announce
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def _handler(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        if signum == signal.SIGINT and self.signal == "SIGINT":
+            raise KeyboardInterrupt
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+            if self._announce and signum == signal.SIGINT:
+                print("\ngaincell: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
@@ -465,7 +479,7 @@ def finetune(
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     if resuming:
-        _load_optimizer(opt, torch.load(ckpt / "optimizer.pt", weights_only=True), model, dist)
+        _load_optimizer(opt, torch.load(ckpt / "optimizer.pt", weights_only=True, mmap=True), model, dist)
         if dist.main and log_path.is_file():  # keep exactly the log lines up to the checkpoint
             keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln).get("step", -1) < start]
             atomic_write_text(log_path, "".join(k + "\n" for k in keep))
@@ -495,7 +509,7 @@ def finetune(
     if start > 0 and val_ids is not None and (dist.main or dist.fsdp) and log_path.is_file():
         _redo_cut_evaluation(log_path, model, val_ids, cfg, start - 1, write=dist.main)  # FSDP: every rank evaluates
 
-    sigterm = _StopRequest().__enter__()
+    stop_request = _StopRequest(announce=dist.main).__enter__()
     terminated = False
     try:
         for step in range(start, cfg.steps):
@@ -517,7 +531,7 @@ def finetune(
                     loss = _loss(ddp, x, y, teacher, cfg)
                     scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += float(loss.detach()) / cfg.grad_accum
-            loss_sum, terminated = dist.mean_and_any(loss_sum, sigterm.requested)
+            loss_sum, terminated = dist.mean_and_any(loss_sum, stop_request.requested)
             if not math.isfinite(loss_sum):
                 raise GaincellError(f"training diverged: loss {loss_sum} at step {step} (try a lower --lr)")
             scaler.unscale_(opt)
@@ -570,7 +584,7 @@ def finetune(
             print(f"interrupted: checkpoint of step {done} written to {ckpt}; run again to resume", file=sys.stderr)
         raise
     finally:
-        sigterm.__exit__(None, None, None)
+        stop_request.__exit__(None, None, None)
         if bar is not None:
             bar.close()
     if not last and log_path.is_file():  # resumed a finished run: nothing was left to do
@@ -579,8 +593,8 @@ def finetune(
     summary = {"steps": cfg.steps, "final": last, "config": dataclasses.asdict(cfg)}
     if last and last.get("step", cfg.steps - 1) < cfg.steps - 1:  # stopped early on request: no final model yet
         summary["stopped_at"] = last["step"]
-        if terminated:
-            summary["stopped_by"] = "SIGTERM"
+        if terminated:  # this rank's signal, or SIGTERM when another rank was signalled
+            summary["stopped_by"] = stop_request.signal or "SIGTERM"
         return summary
     weights, _ = _full_state(model, None, dist)
     if dist.main:
