@@ -468,8 +468,9 @@ def finetune(
     log_path = out / "log.jsonl"
     start = 0
     meta = dict(metadata or {})
-    if resume:
+    if resume and dist.main:
         _recover_checkpoint(ckpt)
+    dist.barrier()  # every rank sees the recovered checkpoint
     resuming = resume and (ckpt / "state.json").is_file()
     if resuming:  # the full weights go into the model before it is wrapped or sharded
         start = _read_checkpoint(ckpt, model, cfg, device) + 1
