@@ -170,9 +170,27 @@ def load(name_or_path: str | Path, *, attention: Any = None, device: str | torch
     return model.to(device).eval()
 
 
-def _load_gaincell_folder(folder: Path, info: dict[str, Any]) -> nn.Module:
-    from safetensors import SafetensorError
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``folder/model.safetensors``, tied weights restored from their aliases."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise GaincellError(f"{folder}: missing weights file model.safetensors")
+    try:
+        state = load_file(weights)
+        with safe_open(weights, "pt") as fh:
+            aliases = json.loads((fh.metadata() or {}).get("aliases", "{}"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise GaincellError(f"{weights}: corrupt weights ({exc})") from None
+    for alias, source in aliases.items():
+        if source in state:
+            state[alias] = state[source]
+    return state
+
+
+def _load_gaincell_folder(folder: Path, info: dict[str, Any]) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if info.get("format") != FORMAT:
@@ -181,20 +199,7 @@ def _load_gaincell_folder(folder: Path, info: dict[str, Any]) -> nn.Module:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise GaincellError(f"{folder}: cannot read config.json ({exc})") from None
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise GaincellError(f"{folder}: missing weights file model.safetensors")
-    try:
-        state = load_file(weights)
-        from safetensors import safe_open
-
-        with safe_open(weights, "pt") as fh:
-            aliases = json.loads((fh.metadata() or {}).get("aliases", "{}"))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise GaincellError(f"{weights}: corrupt weights ({exc})") from None
-    for alias, source in aliases.items():
-        if source in state:
-            state[alias] = state[source]
+    state = read_weights(folder)
     model = AutoModelForCausalLM.from_config(config)
     if info.get("attention") is not None:
         convert(model, resolve_attention(info["attention"]))

@@ -336,18 +336,29 @@ def _full_state(model: nn.Module, opt: torch.optim.Optimizer | None, dist: _Dist
     return weights, {"state": state, "param_groups": groups}
 
 
+def _load_sharded_weights(model: nn.Module, weights: dict) -> None:
+    """FSDP: the full weights given on rank 0 (``{}`` elsewhere) broadcast into every rank's shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
 def _load_optimizer(opt: torch.optim.Optimizer, state: dict, model: nn.Module, dist: _Dist) -> None:
+    """``state`` as ``optimizer.state_dict()``; under FSDP given on rank 0 only (``{}`` elsewhere) and broadcast."""
     if not dist.fsdp:
         opt.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     names = _param_names(model)
-    by_name = {
-        "state": {names[int(i)]: value for i, value in state["state"].items()},
-        "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]],
-    }
-    set_optimizer_state_dict(model, opt, by_name, options=StateDictOptions(full_state_dict=True))
+    by_name = {}
+    if state:
+        by_name = {
+            "state": {names[int(i)]: value for i, value in state["state"].items()},
+            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]],
+        }
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_optimizer_state_dict(model, opt, by_name, options=options)
 
 
 def _write_checkpoint(
@@ -370,11 +381,11 @@ def _write_checkpoint(
         (tmp / "state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}, indent=2))
 
 
-def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, device: torch.device) -> int:
-    """Weights and noise generators into the (not yet wrapped) model; returns the checkpointed step."""
+def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, device: torch.device, weights: bool) -> int:
+    """Noise generators and (``weights``) the weights into the not yet wrapped model; returns the checkpointed step."""
     from safetensors.torch import load_file
 
-    from gaincell.hub import load
+    from gaincell.hub import read_weights
     from gaincell.model import head_maps, is_converted
 
     state = json.loads((path / "state.json").read_text())
@@ -385,8 +396,8 @@ def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, device: tor
                 f"cannot resume from {path}: it was written with {key} = {saved.get(key)!r}, now {getattr(cfg, key)!r} "
                 "(use the same settings, or a new --out folder)"
             )
-    ckpt_model = load(path)
-    model.load_state_dict(ckpt_model.state_dict())
+    if weights:
+        model.load_state_dict(read_weights(path))
     if (path / "noise_state.safetensors").is_file():
         if is_converted(model):  # the streams live where training runs (the model may still be on the CPU)
             for maps in head_maps(model):
@@ -472,15 +483,20 @@ def finetune(
         _recover_checkpoint(ckpt)
     dist.barrier()  # every rank sees the recovered checkpoint
     resuming = resume and (ckpt / "state.json").is_file()
-    if resuming:  # the full weights go into the model before it is wrapped or sharded
-        start = _read_checkpoint(ckpt, model, cfg, device) + 1
+    if resuming:  # without FSDP the full weights go into the model before it is wrapped
+        start = _read_checkpoint(ckpt, model, cfg, device, weights=not dist.fsdp) + 1
     ddp = dist.wrap(model, device)
+    if resuming and dist.fsdp:  # rank 0 reads the checkpoint; its tensors are broadcast into every rank's shards
+        from gaincell.hub import read_weights
+
+        _load_sharded_weights(model, read_weights(ckpt) if dist.main else {})
     if cfg.compile:  # graphs break at each attention call, which stays eager (see gaincell.model.gaincell_attention)
         ddp = torch.compile(ddp)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     if resuming:
-        _load_optimizer(opt, torch.load(ckpt / "optimizer.pt", weights_only=True, mmap=True), model, dist)
+        saved = torch.load(ckpt / "optimizer.pt", weights_only=True, mmap=True) if dist.main or not dist.fsdp else {}
+        _load_optimizer(opt, saved, model, dist)
         if dist.main and log_path.is_file():  # keep exactly the log lines up to the checkpoint
             keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln).get("step", -1) < start]
             atomic_write_text(log_path, "".join(k + "\n" for k in keep))
