@@ -75,14 +75,15 @@ def write_model_files(
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    tied: dict[str, str] = {}  # by parameter identity, for gathered copies whose storage is no longer shared
+    owner: dict[str, str] = {}  # tied parameters by identity: gathered copies (FSDP) no longer share storage
     first: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
-        tied[name] = first.setdefault(id(p), name)
+        owner[name] = first.setdefault(id(p), name)
     for name, t in (state_dict if state_dict is not None else model.state_dict()).items():
         key = (t.data_ptr(), t.storage_offset(), tuple(t.shape))
-        if key in seen or (tied.get(name, name) != name and tied[name] in tensors):  # tied (GPT-2's lm_head = wte)
-            aliases[name] = seen.get(key, tied.get(name, name))
+        source = seen.get(key) or (owner[name] if owner.get(name, name) in tensors else None)
+        if source is not None:  # tied weights (e.g. GPT-2's lm_head = wte): store once
+            aliases[name] = source
             continue
         seen[key] = name
         t = t.detach().cpu()
