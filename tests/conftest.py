@@ -17,7 +17,7 @@ def drive_arrays(model, q_scale: float = 6.0, kv_scale: float = 3.0):
     With random weights q, k, v sit near 0 and 0.45 V, every score rounds to zero and the attention output reads out
     as exactly 0; tests of the analog path must not pass on such a model.
     """
-    from gaincell.model import head_maps
+    from gaincell.attention import head_maps
 
     with torch.no_grad():
         for m in head_maps(model):

@@ -25,7 +25,7 @@ HW = HardwareConfig.preset("paper").replace(window=24, array_size=8, decay_per_t
 
 
 def attention_output_std(model, x):
-    from gaincell.model import head_maps
+    from gaincell.attention import head_maps
 
     maps = list(head_maps(model))
     for m in maps:

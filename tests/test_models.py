@@ -14,13 +14,14 @@ import gaincell
 from conftest import drive_arrays, tiny_llama
 from gaincell import HardwareConfig
 from gaincell.adapt import adapt, head_statistics
+from gaincell.attention import attention_spec, head_maps
 from gaincell.cli import main
 from gaincell.commands import new_model
 from gaincell.data import shakespeare_plays, subvocab_tokenizer, tokenize
 from gaincell.errors import GaincellError
 from gaincell.evaluate import perplexity
 from gaincell.hub import load, load_tokenizer, save
-from gaincell.model import attention_spec, convert, head_maps
+from gaincell.model import convert
 from gaincell.train import TrainConfig, finetune
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from gaincell.attention import attention_spec
 from gaincell.cli import main
 from gaincell.hub import load, shipped_models
-from gaincell.model import attention_spec
 
 pytestmark = pytest.mark.skipif(len(shipped_models()) < 3, reason="shipped models not built (make models)")
 

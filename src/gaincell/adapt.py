@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gaincell.attention import HeadMaps, attention_spec, head_maps, resolve_attention
 from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
-from gaincell.model import HeadMaps, attention_spec, convert, head_maps, resolve_attention
+from gaincell.model import convert
 
 __all__ = ["AdaptResult", "adapt", "head_statistics"]
 

@@ -87,8 +87,8 @@ metadata:
 
 def task_dir() -> Path:
     """Write the offline task YAMLs (with absolute data paths) into the cache and return the folder."""
-    from gaincell._io import atomic_write_text
     from gaincell.data import SHAKESPEARE_SPLITS, cache_dir, shakespeare_plays
+    from gaincell.files import atomic_write_text
 
     data = Path(__file__).parent / "evaldata"
     out = cache_dir() / "lm_eval_tasks"
@@ -168,7 +168,7 @@ def table(data: dict[str, Any]) -> list[str]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from gaincell._io import atomic_write_text
+    from gaincell.files import atomic_write_text
     from gaincell.hub import shipped_models
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else [m["name"] for m in shipped_models()]

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from gaincell.attention import attention_layers, attention_spec, head_maps
 from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
 from gaincell.kernel import _mix, analog_attention, dac
@@ -295,8 +296,6 @@ class AnalogKVCache(Cache):
         refresh_period: float | None = None,
         hardware: HardwareConfig | None = None,
     ):
-        from gaincell.model import attention_layers, attention_spec, head_maps
-
         spec = hardware or attention_spec(model)
         if not isinstance(spec, HardwareConfig):
             raise GaincellError("AnalogKVCache needs a model converted to analog hardware (not softmax or unconverted)")
@@ -350,8 +349,6 @@ def install_default_cache(model: nn.Module) -> None:
         return
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        from gaincell.model import attention_spec
-
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         length = ids.shape[1] if ids is not None else (embeds.shape[1] if embeds is not None else 0)

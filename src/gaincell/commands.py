@@ -216,7 +216,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     dist = _Dist()
     if dist.enabled:  # every rank adapted the same batch; rank 0's maps are the reference, broadcast to all
-        from gaincell.model import head_maps
+        from gaincell.attention import head_maps
 
         for maps in head_maps(model):
             for p in maps.parameters():
@@ -248,8 +248,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- eval
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from gaincell.attention import attention_spec
     from gaincell.evaluate import perplexity
-    from gaincell.model import attention_spec
 
     model, tok = _load(args.model, args.hardware, args.device)
     ids = _text_ids(args.text, tok)
@@ -288,8 +288,8 @@ def _cmd_package(args: argparse.Namespace) -> int:
     """Evaluate a trained model on the held-out text and add it to the shipped zoo (fp16) with its log."""
     import shutil
 
-    from gaincell._io import atomic_write_text
     from gaincell.evaluate import perplexity
+    from gaincell.files import atomic_write_text
     from gaincell.hub import load, read_info, save, zoo_dir
 
     model, tok = _load(args.model)

@@ -408,7 +408,7 @@ class HardwareConfig:
 
     def save(self, path: str | Path) -> None:
         """Write as YAML (``.yaml``/``.yml``) or JSON (anything else), atomically."""
-        from gaincell._io import atomic_write_text
+        from gaincell.files import atomic_write_text
 
         path = Path(path)
         text = self.to_yaml() if path.suffix.lower() in (".yaml", ".yml") else self.to_json() + "\n"

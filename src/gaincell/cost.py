@@ -388,7 +388,7 @@ def write_report(hw: HardwareConfig, out: Any, *, batch: int = 64) -> dict[str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gaincell._io import atomic_write, atomic_write_text
+    from gaincell.files import atomic_write, atomic_write_text
 
     out = Path(out)
     data = sweeps(hw, batch=batch)

@@ -260,7 +260,7 @@ def prepare_tokens(
     """
     import numpy as np
 
-    from gaincell._io import atomic_write_text
+    from gaincell.files import atomic_write_text
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

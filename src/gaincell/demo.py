@@ -33,10 +33,10 @@ SHIPPED = ("shakespeare-softmax", "shakespeare-linear", "shakespeare-nonlinear")
 
 def run_demo(out: str | Path, *, quiet: bool = False, max_tokens: int | None = None, context: int = 128) -> dict[str, Any]:
     """Evaluate every row, run the adaptation, write ``table1.md``, ``table1.json`` and ``table1.png`` into ``out``."""
-    from gaincell._io import atomic_write_text
     from gaincell.adapt import adapt
     from gaincell.data import load_text, tokenize
     from gaincell.evaluate import perplexity
+    from gaincell.files import atomic_write_text
     from gaincell.hub import load, load_tokenizer, shipped_models
     from gaincell.train import sample_batch
 
@@ -114,8 +114,8 @@ def run_demo(out: str | Path, *, quiet: bool = False, max_tokens: int | None = N
     }
     _write_plot(out / "table1.png", rows, result.loss)
     # what the shipped nonlinear model's attention costs on the gain-cell engine, and against GPUs
+    from gaincell.attention import attention_spec
     from gaincell.cost import compare, model_shape_of, write_report
-    from gaincell.model import attention_spec
 
     final = load("shakespeare-nonlinear")
     hw = attention_spec(final)
@@ -174,7 +174,7 @@ def _write_plot(path: Path, rows: list[dict[str, Any]], curve: list[float]) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gaincell._io import atomic_write
+    from gaincell.files import atomic_write
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.6, 1]})
     labels = [f"{i}. {r['row']}" for i, r in enumerate(rows, 1)]

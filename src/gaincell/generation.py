@@ -44,7 +44,8 @@ def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float 
 
 
 def _hardware_for(model: nn.Module, token_period: float | None) -> HardwareConfig | None:
-    from gaincell.model import attention_spec, convert
+    from gaincell.attention import attention_spec
+    from gaincell.model import convert
 
     spec = attention_spec(model)
     if not isinstance(spec, HardwareConfig):
@@ -197,7 +198,7 @@ def retention_study(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Perplexity vs retention time, for each idle time, without refresh and with refresh every ``refresh_fraction * tau``."""
-    from gaincell.model import attention_spec
+    from gaincell.attention import attention_spec
 
     base = base or attention_spec(model)
     if not isinstance(base, HardwareConfig):
@@ -255,7 +256,7 @@ def _retention_plot(data: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gaincell._io import atomic_write
+    from gaincell.files import atomic_write
 
     fig, ax = plt.subplots(figsize=(8, 5))
     idles = sorted({r["idle_s"] for r in data["rows"]})
@@ -337,8 +338,8 @@ def _floats(text: str) -> list[float]:
 
 
 def _cmd_retention(args: argparse.Namespace) -> int:
-    from gaincell._io import atomic_write_text
     from gaincell.data import load_text, tokenize
+    from gaincell.files import atomic_write_text
     from gaincell.hub import load, load_tokenizer
 
     model = load(args.model, attention=args.hardware)

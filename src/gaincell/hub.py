@@ -15,16 +15,16 @@ safetensors, and Hugging Face folders with ``.bin`` weights are refused unless t
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from gaincell.attention import attention_spec, resolve_attention, spec_to_dict
 from gaincell.errors import GaincellError
-from gaincell.model import attention_spec, convert, resolve_attention, spec_to_dict
+from gaincell.files import atomic_dir
+from gaincell.model import convert
 
 __all__ = ["load", "load_tokenizer", "save", "shipped_models", "zoo_dir"]
 
@@ -42,19 +42,6 @@ def shipped_models() -> list[dict[str, Any]]:
     if not manifest.is_file():
         return []
     return json.loads(manifest.read_text())["models"]
-
-
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move the complete folder ``tmp`` to ``dest``, replacing an existing one without a window of absence."""
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        dest.rename(old)
-        tmp.rename(dest)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(dest)
 
 
 def write_model_files(
@@ -96,24 +83,6 @@ def write_model_files(
     (folder / "gaincell.json").write_text(json.dumps(info, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-
-
-class atomic_dir:
-    """``with atomic_dir(path) as tmp:`` fill ``tmp``; on success it replaces ``path`` whole, on error it vanishes."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            _replace_dir(self.tmp, self.path)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def save(

@@ -43,7 +43,7 @@ def run_hardware_demo(out: str | Path, *, tokens: int = 256, quiet: bool = False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gaincell._io import atomic_write, atomic_write_text
+    from gaincell.files import atomic_write, atomic_write_text
 
     if tokens < 8 or tokens > 4096:
         raise ValueError(f"--tokens must be between 8 and 4096, got {tokens}")

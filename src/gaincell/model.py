@@ -10,123 +10,40 @@ its learned maps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gaincell.config import PRESETS, HardwareConfig, HardwareConfigError
+from gaincell.attention import (
+    ATTN_NAME,
+    SPEC_ATTRIBUTE,
+    AttentionSpec,
+    HeadMaps,
+    SoftmaxSpec,
+    attention_layers,
+    attention_spec,
+    head_maps,
+    is_converted,
+    resolve_attention,
+)
+from gaincell.cache import install_default_cache
+from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
 from gaincell.kernel import analog_attention, make_generator, softmax_attention
 
-__all__ = ["SoftmaxSpec", "attention_layers", "attention_spec", "convert", "is_converted", "resolve_attention"]
-
-ATTN_NAME = "gaincell"
-
-
-@dataclass(frozen=True)
-class SoftmaxSpec:
-    """Digital softmax attention (the baseline), causal, with an optional sliding window."""
-
-    window: int | None = None
-
-    @property
-    def name(self) -> str:
-        return "softmax" if self.window is None else f"softmax:{self.window}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "softmax", "window": self.window}
-
-
-AttentionSpec = HardwareConfig | SoftmaxSpec
-
-
-def resolve_attention(spec: AttentionSpec | str | Path | dict[str, Any]) -> AttentionSpec:
-    """An attention spec from a config object, a preset name, ``softmax``/``softmax-window``/``softmax:W``, a file."""
-    if isinstance(spec, (HardwareConfig, SoftmaxSpec)):
-        return spec
-    if isinstance(spec, dict):
-        if spec.get("kind") == "softmax":
-            return SoftmaxSpec(spec.get("window"))
-        return HardwareConfig.from_dict({k: v for k, v in spec.items() if k != "kind"})
-    s = str(spec)
-    if s == "softmax":
-        return SoftmaxSpec(None)
-    if s in ("softmax-window", "sliding-window-softmax"):
-        return SoftmaxSpec(HardwareConfig().window)
-    if s.startswith("softmax:"):
-        try:
-            w = int(s.split(":", 1)[1])
-        except ValueError:
-            w = 0
-        if w < 1:
-            raise HardwareConfigError(f"softmax window must be an integer >= 1, got {s!r}")
-        return SoftmaxSpec(w)
-    try:
-        return HardwareConfig.resolve(s)
-    except HardwareConfigError as exc:
-        if s in PRESETS or Path(s).exists():
-            raise
-        raise HardwareConfigError(
-            f"unknown attention {s!r}: use a hardware preset ({', '.join(sorted(PRESETS))}), "
-            "softmax, softmax-window, softmax:W, or a YAML/JSON hardware file"
-        ) from exc
-
-
-def spec_to_dict(spec: AttentionSpec) -> dict[str, Any]:
-    return spec.to_dict() if isinstance(spec, SoftmaxSpec) else {"kind": "analog", **spec.to_dict()}
-
-
-# ---------------------------------------------------------------------------------------------------- per-head maps
-class HeadMaps(nn.Module):
-    """Per-head affine maps into and out of the analog arrays: x_dac = a * x + b, out = a_o * O + b_o.
-
-    q and the output have one (a, b) per attention head; k and v one per key/value head (grouped-query attention).
-    """
-
-    def __init__(self, n_heads: int, n_kv_heads: int, layer: int, kv_offset: float = 0.45):
-        super().__init__()
-        self.q_scale = nn.Parameter(torch.ones(n_heads))
-        self.q_bias = nn.Parameter(torch.zeros(n_heads))
-        self.k_scale = nn.Parameter(torch.ones(n_kv_heads))
-        self.k_bias = nn.Parameter(torch.full((n_kv_heads,), kv_offset))
-        self.v_scale = nn.Parameter(torch.ones(n_kv_heads))
-        self.v_bias = nn.Parameter(torch.full((n_kv_heads,), kv_offset))
-        self.out_scale = nn.Parameter(torch.ones(n_heads))
-        self.out_bias = nn.Parameter(torch.zeros(n_heads))
-        self.layer = layer
-        self.spec: AttentionSpec = SoftmaxSpec()
-        self.recorder: dict[str, list[Tensor]] | None = None  # per-head running sums while recording statistics
-        self.generator: torch.Generator | None = None  # noise stream of this layer (advances call to call)
-        self.active_cache: Any = None  # the AnalogKVCache layer that just received this layer's new K and V
-
-    def extra_repr(self) -> str:
-        return f"layer={self.layer}, heads={self.q_scale.numel()}, kv_heads={self.k_scale.numel()}"
-
-    def noise_generator(self, device: torch.device) -> torch.Generator | None:
-        """This layer's noise stream for tensors on ``device``.  Random streams live on one device (CPU and CUDA draw
-        different numbers), so a model moved to another device gets a stream there, seeded as at conversion."""
-        if self.generator is not None and self.generator.device != device:
-            self.generator = make_generator(self.spec, self.layer, device)  # type: ignore[arg-type]
-        return self.generator
-
-    @staticmethod
-    def apply(x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-        return x * scale.view(1, -1, 1, 1).to(x.dtype) + bias.view(1, -1, 1, 1).to(x.dtype)
-
-    def record(self, name: str, x: Tensor) -> None:
-        """Accumulate per-head count, sum and sum of squares of x (B, heads, T, D) over batch, tokens, features."""
-        if self.recorder is None:
-            return
-        x = x.detach().double()
-        stats = torch.stack([torch.full_like(x[0, :, 0, 0], x[:, 0].numel()), x.sum((0, 2, 3)), (x * x).sum((0, 2, 3))])
-        if name in self.recorder:
-            self.recorder[name] = self.recorder[name] + stats  # type: ignore[operator]
-        else:
-            self.recorder[name] = stats  # type: ignore[assignment]
+# attention_spec, head_maps, is_converted, resolve_attention live in gaincell.attention; re-exported for convenience
+__all__ = [
+    "attention_spec",
+    "convert",
+    "gaincell_attention",
+    "gaincell_mask",
+    "head_maps",
+    "is_converted",
+    "register",
+    "resolve_attention",
+]
 
 
 def _repeat_kv(x: Tensor, groups: int) -> Tensor:
@@ -274,46 +191,6 @@ def register() -> None:
     AttentionMaskInterface.register(ATTN_NAME, gaincell_mask)
 
 
-# ---------------------------------------------------------------------------------------------------- conversion
-@dataclass(frozen=True)
-class AttentionLayer:
-    index: int
-    module: nn.Module
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-
-
-_SUPPORTED = ("GPT2LMHeadModel", "LlamaForCausalLM")
-
-
-def _is(obj: Any, *class_names: str) -> bool:
-    """Class-name test that also sees through subclasses made by wrappers (FSDP2's ``FSDPGPT2LMHeadModel``)."""
-    return any(c.__name__ in class_names for c in type(obj).__mro__)
-
-
-def attention_layers(model: nn.Module) -> list[AttentionLayer]:
-    """The self-attention modules of a supported causal LM, in layer order."""
-    name = type(model).__name__
-    cfg = getattr(model, "config", None)
-    if cfg is None or not _is(model, *_SUPPORTED):
-        raise GaincellError(
-            f"model class {name} is not supported: gaincell converts {' and '.join(_SUPPORTED)} "
-            "(GPT-2 and Llama-family causal LMs: SmolLM, TinyLlama, ...)"
-        )
-    if getattr(cfg, "add_cross_attention", False):
-        raise GaincellError("GPT-2 models with cross-attention are not supported")
-    layers = []
-    for module in model.modules():
-        if _is(module, "GPT2Attention", "LlamaAttention") and not getattr(module, "is_cross_attention", False):
-            n_heads = getattr(module, "num_heads", None) or cfg.num_attention_heads
-            n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-            layers.append(AttentionLayer(int(module.layer_idx), module, int(n_heads), int(n_kv), int(module.head_dim)))
-    if not layers:
-        raise GaincellError(f"found no attention layers in {name}")
-    return sorted(layers, key=lambda a: a.index)
-
-
 def convert(model: nn.Module, config: AttentionSpec | str | Path | dict[str, Any] = "paper") -> nn.Module:
     """Turn a Hugging Face causal LM into its gain-cell (or softmax-baseline) version, in place; returns it.
 
@@ -341,24 +218,6 @@ def convert(model: nn.Module, config: AttentionSpec | str | Path | dict[str, Any
         noisy = isinstance(spec, HardwareConfig) and spec.has_noise
         maps.generator = make_generator(spec, layer.index, param.device) if noisy else None
     model.set_attn_implementation(ATTN_NAME)
-    model._gaincell_spec = spec  # type: ignore[assignment]
-    from gaincell.cache import install_default_cache
-
+    setattr(model, SPEC_ATTRIBUTE, spec)
     install_default_cache(model)
     return model
-
-
-def is_converted(model: nn.Module) -> bool:
-    return getattr(model, "_gaincell_spec", None) is not None
-
-
-def attention_spec(model: nn.Module) -> AttentionSpec | None:
-    """The attention config of a converted model (None if it was never converted)."""
-    return getattr(model, "_gaincell_spec", None)
-
-
-def head_maps(model: nn.Module) -> Iterator[HeadMaps]:
-    for layer in attention_layers(model):
-        maps = getattr(layer.module, "gaincell", None)
-        if isinstance(maps, HeadMaps):
-            yield maps

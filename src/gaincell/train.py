@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gaincell._io import atomic_write_text
 from gaincell.errors import GaincellError
+from gaincell.files import atomic_dir, atomic_write_text, recover_folder
 
 __all__ = ["TrainConfig", "finetune"]
 
@@ -307,7 +307,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _generators(model: nn.Module) -> list[torch.Generator]:
-    from gaincell.model import head_maps, is_converted
+    from gaincell.attention import head_maps, is_converted
 
     if not is_converted(model):
         return []
@@ -367,7 +367,7 @@ def _write_checkpoint(
     """Every rank calls this (FSDP gathers the shards); only rank 0 writes."""
     from safetensors.torch import save_file
 
-    from gaincell.hub import atomic_dir, write_model_files
+    from gaincell.hub import write_model_files
 
     weights, opt_state = _full_state(model, opt, dist)
     if not dist.main:
@@ -385,8 +385,8 @@ def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, device: tor
     """Noise generators and (``weights``) the weights into the not yet wrapped model; returns the checkpointed step."""
     from safetensors.torch import load_file
 
+    from gaincell.attention import head_maps, is_converted
     from gaincell.hub import read_weights
-    from gaincell.model import head_maps, is_converted
 
     state = json.loads((path / "state.json").read_text())
     saved = state["config"]
@@ -413,14 +413,6 @@ def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, device: tor
                 break
             g.set_state(saved_state)
     return int(state["step"])
-
-
-def _recover_checkpoint(ckpt: Path) -> None:
-    """A process killed between the two renames that replace a checkpoint leaves only the previous one, under its
-    temporary name: put it back."""
-    old = ckpt.with_name(f".{ckpt.name}.old")
-    if not ckpt.exists() and (old / "state.json").is_file():
-        old.rename(ckpt)
 
 
 def _redo_cut_evaluation(log_path: Path, model: nn.Module, val_ids: Tensor, cfg: TrainConfig, step: int, write: bool) -> None:
@@ -480,7 +472,7 @@ def finetune(
     start = 0
     meta = dict(metadata or {})
     if resume and dist.main:
-        _recover_checkpoint(ckpt)
+        recover_folder(ckpt, marker="state.json")
     dist.barrier()  # every rank sees the recovered checkpoint
     resuming = resume and (ckpt / "state.json").is_file()
     if resuming:  # without FSDP the full weights go into the model before it is wrapped
