@@ -1,6 +1,6 @@
 """The paper's adaptation algorithm: map a linear-hardware model onto the nonlinear hardware by statistics matching.
 
-As published (Leroux et al. 2025, code ``calibration_algorithm``; see ``shared/docs/paper.md`` section 2.4):
+As published (Leroux et al. 2025, code ``calibration_algorithm``; sources in ``docs/bibliography.md``):
 
 1. Record per-(layer, head) mean and std of the scaled q, k, v (after the per-head affine map, before the DAC clamp)
    and of the head output (after the output map) in the *linear* model, on one calibration batch.
@@ -98,6 +98,48 @@ def adapt(
         calibration: (B, T) token ids of the calibration batch.
         targets: precomputed target statistics; default: recorded from ``model`` as it is on entry.
     """
+    from tqdm import tqdm
+
+    target_cfg = _check_inputs(model, hardware, calibration, alpha_min, anneal, tol, max_iter)
+    was_training = model.training
+    model.eval()
+    if targets is None:
+        targets, _ = head_statistics(model, calibration)
+    convert(model, target_cfg)
+    maps = {m.layer: m for m in head_maps(model)}
+    result = AdaptResult(iterations=0, converged=False)
+    try:
+        with tqdm(total=max_iter, desc="adapting", unit="it", leave=False, disable=not progress) as bar:
+            for it in range(max_iter):
+                stats = _measure(model, calibration, targets, result)
+                std_error, mean_error = result.max_std_error[-1], result.max_mean_error[-1]
+                bar.set_postfix(loss=f"{result.loss[-1]:.3f}", dstd=f"{std_error:.1e}", dmean=f"{mean_error:.1e}")
+                bar.update(1)
+                if std_error <= tol and mean_error <= tol:
+                    result.converged = True
+                    break
+                alpha = _alpha(it, alpha_min, anneal)
+                for (layer, name), (mu_t, sd_t) in targets.items():
+                    mu, sd = stats[(layer, name)]
+                    _update(maps[layer], name, mu, sd, mu_t, sd_t, alpha, tol)
+                result.iterations = it + 1
+            else:  # out of iterations: the statistics after the last update
+                _measure(model, calibration, targets, result)
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _check_inputs(
+    model: nn.Module,
+    hardware: HardwareConfig | str,
+    calibration: Tensor | None,
+    alpha_min: float,
+    anneal: int,
+    tol: float,
+    max_iter: int,
+) -> HardwareConfig:
+    """The target hardware config, once the model, calibration batch and iteration settings are checked."""
     if calibration is None or calibration.dim() != 2 or calibration.numel() == 0:
         raise GaincellError("adapt needs a calibration batch of token ids with shape (batch, tokens)")
     target_cfg = resolve_attention(hardware)
@@ -107,47 +149,23 @@ def adapt(
         raise GaincellError("adapt starts from a model converted to the linear hardware (e.g. paper-linear)")
     if not 0 < alpha_min <= 1 or anneal < 1 or tol <= 0 or max_iter < 1:
         raise GaincellError("adapt: need 0 < alpha_min <= 1, anneal >= 1, tol > 0, max_iter >= 1")
-    was_training = model.training
-    model.eval()
-    if targets is None:
-        targets, _ = head_statistics(model, calibration)
-    convert(model, target_cfg)
-    maps = {m.layer: m for m in head_maps(model)}
-    result = AdaptResult(iterations=0, converged=False)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    return target_cfg
 
-        bar = tqdm(total=max_iter, desc="adapting", unit="it", leave=False)
-    try:
-        for it in range(max_iter):
-            stats, loss = head_statistics(model, calibration)
-            ds = max(float((stats[k][1] - targets[k][1]).abs().max()) for k in targets)
-            dm = max(float((stats[k][0] - targets[k][0]).abs().max()) for k in targets)
-            result.loss.append(loss)
-            result.max_std_error.append(ds)
-            result.max_mean_error.append(dm)
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.3f}", dstd=f"{ds:.1e}", dmean=f"{dm:.1e}")
-                bar.update(1)
-            if ds <= tol and dm <= tol:
-                result.converged = True
-                break
-            alpha = 1.0 + (alpha_min - 1.0) * min(it, anneal - 1) / max(anneal - 1, 1)
-            for (layer, name), (mu_t, sd_t) in targets.items():
-                mu, sd = stats[(layer, name)]
-                _update(maps[layer], name, mu, sd, mu_t, sd_t, alpha, tol)
-            result.iterations = it + 1
-        else:
-            stats, loss = head_statistics(model, calibration)
-            result.loss.append(loss)
-            result.max_std_error.append(max(float((stats[k][1] - targets[k][1]).abs().max()) for k in targets))
-            result.max_mean_error.append(max(float((stats[k][0] - targets[k][0]).abs().max()) for k in targets))
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    return result
+
+def _measure(
+    model: nn.Module, calibration: Tensor, targets: dict[tuple[int, str], tuple[Tensor, Tensor]], result: AdaptResult
+) -> dict[tuple[int, str], tuple[Tensor, Tensor]]:
+    """Record the current statistics; append the loss and the largest std and mean errors to ``result``."""
+    stats, loss = head_statistics(model, calibration)
+    result.loss.append(loss)
+    result.max_std_error.append(max(float((stats[k][1] - targets[k][1]).abs().max()) for k in targets))
+    result.max_mean_error.append(max(float((stats[k][0] - targets[k][0]).abs().max()) for k in targets))
+    return stats
+
+
+def _alpha(iteration: int, alpha_min: float, anneal: int) -> float:
+    """Update strength: linearly from 1 at the first iteration to ``alpha_min`` at iteration ``anneal - 1``, then flat."""
+    return 1.0 + (alpha_min - 1.0) * min(iteration, anneal - 1) / max(anneal - 1, 1)
 
 
 @torch.no_grad()

@@ -25,9 +25,12 @@ import torch
 from gaincell.errors import GaincellError
 
 __all__ = [
+    "IN_MEMORY_TOKENS",
     "SHAKESPEARE_SPLITS",
     "gpt2_tokenizer",
     "load_text",
+    "load_tokens",
+    "prepare_tokens",
     "shakespeare_plays",
     "subvocab_tokenizer",
     "tokenize",
@@ -268,11 +271,9 @@ def prepare_tokens(
     eot = tokenizer.eos_token_id
     tmp = out.with_name(f".{out.name}.tmp")
     n_docs = n_tokens = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(desc=f"tokenizing {spec}", unit="doc")
+    bar = tqdm(desc=f"tokenizing {spec}", unit="doc", disable=not progress)
     try:
         with open(tmp, "wb") as fh:
             for doc in _iter_documents(spec):
@@ -282,8 +283,7 @@ def prepare_tokens(
                 np.asarray(ids, dtype=dtype).tofile(fh)
                 n_docs += 1
                 n_tokens += len(ids)
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 if max_docs is not None and n_docs >= max_docs:
                     break
         if n_tokens == 0:
@@ -293,15 +293,19 @@ def prepare_tokens(
         tmp.unlink(missing_ok=True)
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     meta = {"source": spec, "dtype": np.dtype(dtype).name, "tokens": n_tokens, "documents": n_docs, "vocab": len(tokenizer)}
     atomic_write_text(out.with_suffix(out.suffix + ".json"), json.dumps(meta, indent=2) + "\n")
     return meta
 
 
+#: Token files with at least this many tokens stay memory-mapped (int64 in memory would take 8 bytes a token: 1 GiB).
+IN_MEMORY_TOKENS = 1 << 27
+
+
 def load_tokens(path: str | Path) -> torch.Tensor:
-    """A token file written by :func:`prepare_tokens`, memory-mapped (read lazily)."""
+    """A token file written by :func:`prepare_tokens`: an int64 tensor, or from :data:`IN_MEMORY_TOKENS` tokens on a
+    memory-mapped view that reads only the slices asked for (``numel``, ``flatten``, slicing)."""
     import numpy as np
 
     path = Path(path)
@@ -312,17 +316,29 @@ def load_tokens(path: str | Path) -> torch.Tensor:
     arr = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
     if arr.size != meta["tokens"]:
         raise GaincellError(f"token file {path} holds {arr.size} tokens, its metadata says {meta['tokens']}: incomplete")
-    return torch.from_numpy(arr.astype(np.int64)) if arr.size < (1 << 27) else _LazyTokens(arr)  # type: ignore[return-value]
+    if arr.size < IN_MEMORY_TOKENS:
+        return torch.from_numpy(arr.astype(np.int64))
+    return _LazyTokens(arr)  # type: ignore[return-value]
 
 
 class _LazyTokens:
-    """Slices of a large memory-mapped token file as int64 tensors (what the trainer and evaluator index)."""
+    """A large memory-mapped token file seen as a 1-D int64 tensor, as far as the trainer and evaluator use one:
+    ``numel``, ``flatten`` and slicing (each slice is read from the file into an int64 tensor)."""
 
     def __init__(self, arr: Any):
         self.arr = arr
 
     def numel(self) -> int:
         return int(self.arr.size)
+
+    def __len__(self) -> int:
+        return int(self.arr.size)
+
+    def dim(self) -> int:
+        return 1
+
+    def flatten(self) -> _LazyTokens:
+        return self  # already one stream of tokens
 
     def __getitem__(self, key: slice) -> torch.Tensor:
         import numpy as np

@@ -42,6 +42,40 @@ def _windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def _check_window(n: int, context: int | None, stride: int | None, limit: int) -> tuple[int, int]:
+    """The context and stride to use (defaults: the model's ``limit``, then the context), checked against the text."""
+    context = limit if context is None else context
+    if context < 2:
+        raise GaincellError(f"context must be >= 2, got {context}")
+    if context > limit:
+        raise GaincellError(f"context {context} exceeds the model's {limit} positions")
+    stride = context if stride is None else stride
+    if not 1 <= stride <= context:
+        raise GaincellError(f"stride must be between 1 and the context ({context}), got {stride}")
+    if n == 0:
+        raise GaincellError("the text is empty (no tokens)")
+    if n < context + 1:
+        raise GaincellError(f"the text has {n} tokens, fewer than context + 1 = {context + 1}: use a shorter context")
+    return context, stride
+
+
+def _batches(windows: list[tuple[int, int, int]], batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """Windows grouped into batches of equal length (only the last window of the text can be shorter)."""
+    by_length: dict[int, list[tuple[int, int, int]]] = {}
+    for w in windows:
+        by_length.setdefault(w[1] - w[0], []).append(w)
+    return [ws[i : i + batch_size] for ws in by_length.values() for i in range(0, len(ws), batch_size)]
+
+
+def _scored_log_probs(model: nn.Module, ids: Tensor, batch: list[tuple[int, int, int]]) -> list[Tensor]:
+    """Per window of the batch: the log-probabilities of its scored tokens (those after its context)."""
+    device = next(model.parameters()).device
+    x = torch.stack([ids[b:e] for b, e, _ in batch]).long().to(device)
+    logits = model(input_ids=x, use_cache=False).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, x[:, 1:, None])[..., 0]  # predicts x[t+1]
+    return [logp[row, first - b - 1 :] for row, (b, _e, first) in enumerate(batch)]
+
+
 @torch.no_grad()
 def perplexity(
     model: nn.Module,
@@ -53,56 +87,28 @@ def perplexity(
     progress: bool = False,
     desc: str = "perplexity",
 ) -> dict[str, Any]:
-    """Strided perplexity of ``model`` on the token stream ``ids``.
+    """Strided perplexity of ``model`` on the token stream ``ids`` (any shape; read in order).
 
     Returns ``{"perplexity", "nll", "tokens", "context", "stride", "windows"}`` (nll in nats per token).
     """
-    ids = ids.flatten().long()
-    n = ids.numel()
-    limit = model_context(model)
-    context = limit if context is None else context
-    if context < 2:
-        raise GaincellError(f"--context must be >= 2, got {context}")
-    if context > limit:
-        raise GaincellError(f"--context {context} exceeds the model's {limit} positions")
-    stride = context if stride is None else stride
-    if not 1 <= stride <= context:
-        raise GaincellError(f"--stride must be between 1 and the context ({context}), got {stride}")
-    if n == 0:
-        raise GaincellError("the text is empty (no tokens)")
-    if n < context + 1:
-        raise GaincellError(f"the text has {n} tokens, fewer than context + 1 = {context + 1}: use a shorter --context")
+    from tqdm import tqdm
+
+    ids = ids.flatten()  # a memory-mapped token file stays one (see gaincell.data.load_tokens)
+    context, stride = _check_window(ids.numel(), context, stride, model_context(model))
     vocab = int(model.config.vocab_size)
     batch_size = max(1, min(batch_size, (1 << 28) // (context * vocab)))  # keep the logits under ~1 GiB
-    windows = _windows(n, context, stride)
-    device = next(model.parameters()).device
+    windows = _windows(ids.numel(), context, stride)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    groups: dict[int, list[tuple[int, int, int]]] = {}
-    for w in windows:
-        groups.setdefault(w[1] - w[0], []).append(w)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(windows), desc=desc, unit="win", leave=False)
     try:
-        for ws in groups.values():
-            for i in range(0, len(ws), batch_size):
-                chunk = ws[i : i + batch_size]
-                x = torch.stack([ids[b:e] for b, e, _ in chunk]).to(device)
-                logits = model(input_ids=x, use_cache=False).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, x[:, 1:, None])[..., 0]  # predicts x[t+1]
-                for row, (b, _e, first) in enumerate(chunk):
-                    scored = logp[row, first - b - 1 :]
+        with tqdm(total=len(windows), desc=desc, unit="win", leave=False, disable=not progress) as bar:
+            for batch in _batches(windows, batch_size):
+                for scored in _scored_log_probs(model, ids, batch):
                     total -= float(scored.sum())
                     count += scored.numel()
-                if bar is not None:
-                    bar.update(len(chunk))
+                bar.update(len(batch))
     finally:
-        if bar is not None:
-            bar.close()
         model.train(was_training)
     nll = total / count
     return {

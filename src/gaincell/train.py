@@ -7,6 +7,8 @@ the process group, each rank draws its own share of the same global batch and on
 default (DDP: every rank holds the whole model); ``fsdp=True`` shards parameters, gradients and optimizer state
 (PyTorch FSDP2, ``fully_shard`` per transformer block) for models that do not fit one device.  Checkpoints hold full,
 unsharded tensors in one format whatever the mode, so a run can resume with another number of processes or mode.
+
+The processes and device live in :mod:`gaincell.distributed`, the checkpoint format in :mod:`gaincell.checkpoint`.
 """
 
 from __future__ import annotations
@@ -15,48 +17,80 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from gaincell.checkpoint import (
+    checkpoint_step,
+    full_state,
+    load_optimizer_state,
+    load_sharded_weights,
+    param_groups,
+    read_checkpoint,
+    redo_cut_evaluation,
+    write_checkpoint,
+)
+from gaincell.distributed import Distributed, is_peer_failure, resolve_device
 from gaincell.errors import GaincellError
-from gaincell.files import atomic_dir, atomic_write_text, recover_folder
+from gaincell.files import atomic_write_text, recover_folder
 
-__all__ = ["TrainConfig", "finetune"]
+__all__ = ["TrainConfig", "evaluate_loss", "finetune", "param_groups", "resolve_device", "sample_batch", "training_loss"]
+
+
+_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    metadata: dict[str, Any] = {"help": help} if choices is None else {"help": help, "choices": choices}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 16  # sequences per optimizer step (all ranks and micro-steps together)
-    context: int = 128
-    grad_accum: int = 1
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_batches: int = 16
-    save_every: int = 100
-    log_every: int = 10
-    seed: int = 1337
-    distill_weight: float = 0.0  # 0 = plain cross-entropy; 1 = only the teacher's distribution
-    distill_temperature: float = 1.0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for the digital layers; the analog arrays stay float32)
-    lr_decay_steps: int | None = None  # cosine length (default: steps); the paper decays over 600,000 iterations
-    fsdp: bool = False  # shard parameters, gradients and optimizer state across processes (FSDP2) instead of DDP
-    compile: bool = False  # torch.compile the digital layers (the analog attention always runs eagerly)
+    """Every setting of a training run; the ``finetune`` command has one flag per field (field metadata: "help", and
+    "choices" where the values are a fixed set)."""
+
+    steps: int = _setting(1000, "optimizer steps of the whole run")
+    batch_size: int = _setting(16, "sequences per optimizer step (all processes and micro-batches together)")
+    context: int = _setting(128, "tokens per training sequence")
+    grad_accum: int = _setting(1, "micro-batches per optimizer step (gradient accumulation); must divide batch_size")
+    lr: float = _setting(6e-4, "peak learning rate, reached at the end of the warm-up")
+    min_lr: float | None = _setting(None, "learning rate at the end of the cosine decay (default: lr / 10)")
+    warmup: int = _setting(100, "steps of linear learning-rate warm-up")
+    weight_decay: float = _setting(0.1, "AdamW weight decay of the weight matrices (vectors and per-head maps: none)")
+    beta1: float = _setting(0.9, "AdamW decay rate of the gradient mean")
+    beta2: float = _setting(0.95, "AdamW decay rate of the squared-gradient mean")
+    grad_clip: float = _setting(1.0, "clip the gradient norm to this value (0: no clipping)")
+    eval_every: int = _setting(100, "evaluate on the validation tokens every this many steps (and at the last step)")
+    eval_batches: int = _setting(16, "validation batches per evaluation (the same fixed batches every time)")
+    save_every: int = _setting(100, "write the checkpoint every this many steps (and at the last step)")
+    log_every: int = _setting(10, "log the training loss every this many steps (evaluations and the last step too)")
+    seed: int = _setting(1337, "seed of the batch sampler")
+    distill_weight: float = _setting(
+        0.5, "with a teacher: its share of the loss (0: cross-entropy only, 1: teacher only); ignored without one"
+    )
+    distill_temperature: float = _setting(1.0, "softmax temperature of the distillation loss")
+    precision: str = _setting("fp32", "autocast of the digital layers (the analog arrays stay float32)", choices=_PRECISIONS)
+    lr_decay_steps: int | None = _setting(
+        None, "length of the cosine decay in steps (default: steps); the paper decays over 600,000 iterations"
+    )
+    fsdp: bool = _setting(
+        False, "shard parameters, gradients and optimizer state across processes (FSDP2) instead of DDP; not with fp16"
+    )
+    compile: bool = _setting(False, "torch.compile the digital layers (the analog attention always runs eagerly)")
+
+    @property
+    def end_lr(self) -> float:
+        """The learning rate the cosine decays to: ``min_lr``, or ``lr / 10`` when it is None."""
+        return self.lr / 10 if self.min_lr is None else self.min_lr
 
     def validate(self) -> None:
         checks = {
@@ -65,14 +99,14 @@ class TrainConfig:
             "context": self.context >= 2,
             "grad_accum": self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
             "lr": self.lr > 0,
-            "min_lr": 0 <= self.min_lr <= self.lr,
+            "min_lr": 0 <= self.end_lr <= self.lr,
             "warmup": self.warmup >= 0,
             "grad_clip": self.grad_clip >= 0,
             "eval_every": self.eval_every >= 1,
             "save_every": self.save_every >= 1,
             "distill_weight": 0 <= self.distill_weight <= 1,
             "distill_temperature": self.distill_temperature > 0,
-            "precision": self.precision in ("fp32", "bf16", "fp16"),
+            "precision": self.precision in _PRECISIONS,
             "fsdp": not (self.fsdp and self.precision == "fp16"),  # no sharded loss scaler: use bf16 with FSDP
         }
         for name, ok in checks.items():
@@ -80,15 +114,20 @@ class TrainConfig:
                 raise GaincellError(f"invalid training setting {name} = {getattr(self, name)!r}")
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up to ``lr``, then cosine decay to ``min_lr`` at the last step."""
+        """Linear warm-up to ``lr``, then cosine decay to :attr:`end_lr`, reached at step ``lr_decay_steps or steps``."""
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
         span = max(1, (self.lr_decay_steps or self.steps) - self.warmup)
         progress = min(1.0, (step - self.warmup) / span)
-        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+        return self.end_lr + 0.5 * (self.lr - self.end_lr) * (1 + math.cos(math.pi * progress))
+
+    def evaluates_at(self, step: int) -> bool:
+        """Is a validation scheduled after ``step``?"""
+        return (step + 1) % self.eval_every == 0 or step == self.steps - 1
 
 
 def _seed(*parts: int) -> int:
+    """FNV-1a style hash of the parts: one independent seed per (run seed, step, micro-step, ...)."""
     h = 1469598103934665603
     for p in parts:
         h = ((h ^ (p & 0xFFFFFFFF)) * 1099511628211) & 0x7FFFFFFFFFFFFFFF
@@ -106,108 +145,49 @@ def sample_batch(ids: Tensor, batch: int, context: int, seed: int) -> tuple[Tens
     return x, y
 
 
-def _trained(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
-    """(name, parameter) pairs with and without weight decay, in the optimizer's order."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append((name, p))
-    return decay, no_decay
+def _autocast(device: torch.device, precision: str) -> Any:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = _trained(model)
-    return [
-        {"params": [p for _, p in decay], "weight_decay": weight_decay},
-        {"params": [p for _, p in no_decay], "weight_decay": 0.0},
-    ]
+def training_loss(model: nn.Module, x: Tensor, y: Tensor, teacher: nn.Module | None, cfg: TrainConfig) -> Tensor:
+    """Cross-entropy of next-token prediction; with a teacher, mixed with the KL divergence from its distribution
+    (``cfg.distill_weight``, at ``cfg.distill_temperature``)."""
+    with _autocast(x.device, cfg.precision):
+        logits = model(input_ids=x, use_cache=False).logits.float()
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+    if teacher is None or cfg.distill_weight == 0:
+        return ce
+    with torch.no_grad(), _autocast(x.device, cfg.precision):
+        t_logits = teacher(input_ids=x, use_cache=False).logits.float()
+    tau = cfg.distill_temperature
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(logits / tau, -1).flatten(0, 1),
+        torch.log_softmax(t_logits / tau, -1).flatten(0, 1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return (1 - cfg.distill_weight) * ce + cfg.distill_weight * tau * tau * kl
 
 
-def _param_names(model: nn.Module) -> list[str]:
-    """Parameter names by optimizer index (the index ``optimizer.state_dict()`` uses)."""
-    decay, no_decay = _trained(model)
-    return [n for n, _ in decay + no_decay]
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, ids: Tensor, cfg: TrainConfig) -> float:
+    """Mean cross-entropy on ``eval_batches`` fixed batches of ``ids`` (the same batches at every evaluation)."""
+    was = model.training
+    model.eval()
+    total = 0.0
+    per = max(1, cfg.batch_size // cfg.grad_accum)
+    for i in range(cfg.eval_batches):
+        x, y = sample_batch(ids, per, cfg.context, _seed(cfg.seed, 0x7A1, i))
+        logits = model(input_ids=x.to(_device(model)), use_cache=False).logits.float()
+        total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(logits.device).flatten()))
+    model.train(was)
+    return total / cfg.eval_batches
 
 
-def _shard(model: nn.Module, device: torch.device, world: int) -> None:
-    """FSDP2: ``fully_shard`` every transformer block, then the root (embeddings, final norm, head; tied weights stay
-    together).  CPU-resident parameters are moved to ``device`` shard by shard, so the whole model never has to fit."""
-    try:
-        from torch.distributed.fsdp import fully_shard
-    except ImportError:  # torch < 2.6
-        from torch.distributed._composable.fsdp import fully_shard  # type: ignore[no-redef]
-    from torch.distributed.device_mesh import init_device_mesh
-
-    block_types = set(getattr(model, "_no_split_modules", None) or [])
-    blocks = [m for m in model.modules() if type(m).__name__ in block_types]
-    if not blocks:
-        raise GaincellError(
-            f"--fsdp: cannot find the transformer blocks of {type(model).__name__} (it declares no _no_split_modules)"
-        )
-    mesh = init_device_mesh(device.type, (world,))
-    for block in blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-
-
-class _Dist:
-    def __init__(self, fsdp: bool = False) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.enabled = self.world > 1
-        self.fsdp = fsdp and self.enabled  # sharding over one process is the unsharded model
-        if self.enabled and not torch.distributed.is_initialized():
-            # gloo for CPU tensors, NCCL for CUDA ones (a CPU run on a GPU machine still works)
-            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-            torch.distributed.init_process_group(backend)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """DDP around the model, or the model sharded in place (FSDP), when several processes train it."""
-        if self.fsdp:
-            _shard(model, device, self.world)
-            return model
-        model.to(device)
-        if not self.enabled:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
-        return DistributedDataParallel(model, device_ids=device_ids)
-
-    def mean(self, value: float) -> float:
-        return self.mean_and_any(value, False)[0]
-
-    def mean_and_any(self, value: float, flag: bool) -> tuple[float, bool]:
-        """The mean of ``value`` over ranks and whether any rank raised ``flag`` (one all-reduce)."""
-        if not self.enabled:
-            return value, flag
-        t = torch.tensor([value, float(flag)], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t[0]) / self.world, bool(t[1] > 0)
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-
-_PEER_FAILURE = ("closed by peer", "reset by peer", "Broken pipe", "communicator was aborted", "remote worker")
-
-
-def _peer_failure(exc: BaseException) -> bool:
-    """Did a collective fail because another process of the job died (gloo / NCCL errors)?"""
-    dist_error = getattr(torch.distributed, "DistError", ())
-    return isinstance(exc, dist_error) or any(s in str(exc) for s in _PEER_FAILURE)
-
-
-def _checkpoint_step(ckpt: Path) -> int | None:
-    try:
-        return int(json.loads((ckpt / "state.json").read_text())["step"])
-    except (OSError, ValueError, KeyError):
-        return None
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 class _StopRequest:
@@ -245,190 +225,213 @@ class _StopRequest:
             signal.signal(sig, previous)
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+class _Run:
+    """One call of :func:`finetune`: the model as trained (wrapped for DDP / FSDP), its optimizer, the log and the
+    checkpoint; and how far the loop got, for when it is cut short."""
 
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, out: Path, device: torch.device | str | None, teacher: Any, meta: dict
+    ) -> None:
+        self.model, self.cfg, self.teacher, self.meta = model, cfg, teacher, meta
+        self.dist = dist = Distributed(fsdp=cfg.fsdp)
+        self.micro_batch = cfg.batch_size // cfg.grad_accum
+        if self.micro_batch % dist.world:
+            raise GaincellError(f"batch_size / grad_accum = {self.micro_batch} must be divisible by the {dist.world} processes")
+        self.per_rank = self.micro_batch // dist.world
+        self.device = resolve_device(str(device)) if device is not None else _device(model)
+        self.out = out
+        self.checkpoint = out / "checkpoint"
+        self.log_path = out / "log.jsonl"
+        self.wrapped: nn.Module = model  # DDP around the model, or compiled; the model itself under FSDP
+        self.start = 0  # the first step this call runs
+        self.step = -1  # the step in progress
+        self.logged = -1  # the last step whose record is in the log
+        self.pending: dict[str, Any] | None = None  # record of an optimizer step that is done but not yet logged
+        self.last: dict[str, Any] = {}  # record of the last finished step
+        self.terminated = False  # some rank received SIGTERM or Ctrl-C
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'; a CUDA request without a GPU is an error.
+    # ------------------------------------------------------------------------------------------------ setup
+    def restore(self, resume: bool) -> None:
+        """Wrap the model and build the optimizer; with ``resume`` and a checkpoint, continue from it."""
+        model, cfg, dist, ckpt = self.model, self.cfg, self.dist, self.checkpoint
+        if resume and dist.main:
+            recover_folder(ckpt, marker="state.json")
+        dist.barrier()  # every rank sees the recovered checkpoint
+        resuming = resume and (ckpt / "state.json").is_file()
+        if resuming:  # without FSDP the full weights go into the model before it is wrapped
+            settings = dataclasses.asdict(cfg)
+            self.start = read_checkpoint(ckpt, model, settings, self.device, weights=not dist.fsdp) + 1
+        self.logged = self.step = self.start - 1
+        self.wrapped = dist.wrap(model, self.device)
+        if resuming and dist.fsdp:  # rank 0 reads the checkpoint; its tensors are broadcast into every rank's shards
+            from gaincell.hub import read_weights
 
-    Under ``torchrun`` 'auto' and 'cuda' mean this process's GPU, ``cuda:$LOCAL_RANK`` (made the current device)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GaincellError(f"--device {name}: no CUDA GPU is available on this machine")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise GaincellError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N")
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
-    return device
+            load_sharded_weights(model, read_weights(ckpt) if dist.main else {})
+        if cfg.compile:  # graphs break at each attention call, which stays eager (see gaincell.model.gaincell_attention)
+            self.wrapped = torch.compile(self.wrapped)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        if resuming:
+            load_from = dist.main or not dist.fsdp
+            saved = torch.load(ckpt / "optimizer.pt", weights_only=True, mmap=True) if load_from else {}
+            load_optimizer_state(self.optimizer, saved, model, dist)
+        self._prepare_log(resuming)
+        dist.barrier()  # every rank sees the trimmed log
 
+    def _prepare_log(self, resuming: bool) -> None:
+        """Resuming: keep exactly the log lines up to the checkpoint; starting: a fresh log."""
+        if not self.dist.main:
+            return
+        if resuming:
+            if self.log_path.is_file():
+                lines = self.log_path.read_text().splitlines()
+                keep = [ln for ln in lines if ln and json.loads(ln).get("step", -1) < self.start]
+                atomic_write_text(self.log_path, "".join(k + "\n" for k in keep))
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.log_path.exists():
+                self.log_path.unlink()
 
-def _loss(model: nn.Module, x: Tensor, y: Tensor, teacher: nn.Module | None, cfg: TrainConfig) -> Tensor:
-    with _autocast(x.device, cfg.precision):
-        logits = model(input_ids=x, use_cache=False).logits.float()
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
-    if teacher is None or cfg.distill_weight == 0:
-        return ce
-    with torch.no_grad(), _autocast(x.device, cfg.precision):
-        t_logits = teacher(input_ids=x, use_cache=False).logits.float()
-    tau = cfg.distill_temperature
-    kl = torch.nn.functional.kl_div(
-        torch.log_softmax(logits / tau, -1).flatten(0, 1),
-        torch.log_softmax(t_logits / tau, -1).flatten(0, 1),
-        log_target=True,
-        reduction="batchmean",
-    )
-    return (1 - cfg.distill_weight) * ce + cfg.distill_weight * tau * tau * kl
+    def redo_cut_evaluation(self, val_ids: Tensor | None) -> None:
+        """The evaluation of the checkpointed step, if an interruption cut it (FSDP: every rank evaluates)."""
+        dist = self.dist
+        if self.start > 0 and val_ids is not None and (dist.main or dist.fsdp) and self.log_path.is_file():
+            step = self.start - 1
+            evaluate = (lambda: evaluate_loss(self.model, val_ids, self.cfg)) if self.cfg.evaluates_at(step) else None
+            redo_cut_evaluation(self.log_path, step, evaluate, write=dist.main)
 
+    # ------------------------------------------------------------------------------------------------ one step
+    def optimizer_step(self, step: int, train_ids: Tensor, stop_requested: bool) -> dict[str, Any]:
+        """Accumulate the gradients of the step's micro-batches and apply them; returns the step's log record."""
+        cfg = self.cfg
+        self.step = step
+        lr = cfg.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = 0.0
+        for micro in range(cfg.grad_accum):
+            loss += self._micro_step(step, micro, train_ids) / cfg.grad_accum
+        loss, self.terminated = self.dist.mean_and_any(loss, stop_requested)
+        if not math.isfinite(loss):
+            raise GaincellError(f"training diverged: loss {loss} at step {step} (try a lower lr)")
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.pending = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+        return self.pending
 
-@torch.no_grad()
-def evaluate_loss(model: nn.Module, ids: Tensor, cfg: TrainConfig) -> float:
-    """Mean cross-entropy on ``eval_batches`` fixed batches of ``ids`` (the same batches at every evaluation)."""
-    was = model.training
-    model.eval()
-    total = 0.0
-    per = max(1, cfg.batch_size // cfg.grad_accum)
-    for i in range(cfg.eval_batches):
-        x, y = sample_batch(ids, per, cfg.context, _seed(cfg.seed, 0x7A1, i))
-        logits = model(input_ids=x.to(_device(model)), use_cache=False).logits.float()
-        total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(logits.device).flatten()))
-    model.train(was)
-    return total / cfg.eval_batches
+    def _micro_step(self, step: int, micro: int, train_ids: Tensor) -> float:
+        """Forward and backward of this rank's share of one micro-batch; returns its loss."""
+        cfg, dist = self.cfg, self.dist
+        # the same global micro-batch whatever the number of processes; each rank takes its share
+        x, y = sample_batch(train_ids, self.micro_batch, cfg.context, _seed(cfg.seed, step, micro))
+        share = slice(dist.rank * self.per_rank, (dist.rank + 1) * self.per_rank)
+        x, y = x[share].to(self.device), y[share].to(self.device)
+        sync = micro == cfg.grad_accum - 1 or not dist.enabled
+        if dist.fsdp:  # reduce-scatter the gradients only on the last micro-step
+            self.model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+        wrapped = self.wrapped
+        no_sync = getattr(wrapped, "_orig_mod", wrapped).no_sync if not (sync or dist.fsdp) else contextlib.nullcontext
+        with no_sync():
+            loss = training_loss(wrapped, x, y, self.teacher, cfg)
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+        return float(loss.detach())
 
+    def evaluate_and_log(self, record: dict[str, Any], val_ids: Tensor | None, started_at: float) -> None:
+        """Validation loss when scheduled, then the record into the log when due."""
+        cfg, step = self.cfg, record["step"]
+        final = step == cfg.steps - 1
+        if val_ids is not None and cfg.evaluates_at(step):
+            val_loss = self.dist.mean(evaluate_loss(self.model, val_ids, cfg))
+            record.update(val_loss=val_loss, val_ppl=math.exp(val_loss))
+        record["elapsed_s"] = round(time.time() - started_at, 2)
+        if step % cfg.log_every == 0 or "val_loss" in record or final:
+            self._log(record)
+        self.pending = None
+        self.last = record
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.dist.main:
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        self.logged = record["step"]
 
+    def checkpoint_and_stop(self, step: int, stop_after: int | None) -> bool:
+        """Write the checkpoint when due; True when the run stops after this step (a signal, or ``stop_after``)."""
+        cfg = self.cfg
+        final = step == cfg.steps - 1
+        stopping = (self.terminated or (stop_after is not None and step + 1 >= stop_after)) and not final
+        if (step + 1) % cfg.save_every == 0 or final or stopping:
+            write_checkpoint(self.checkpoint, self.model, self.optimizer, step, dataclasses.asdict(cfg), self.meta, self.dist)
+        self.dist.barrier()
+        return stopping
 
-def _generators(model: nn.Module) -> list[torch.Generator]:
-    from gaincell.attention import head_maps, is_converted
+    # ------------------------------------------------------------------------------------------------ cut short
+    def save_interrupted(self) -> None:
+        """A second Ctrl-C (KeyboardInterrupt): log the applied step, checkpoint the last complete one if possible."""
+        dist, step, ckpt = self.dist, self.step, self.checkpoint
+        done = step if self.pending is not None else step - 1  # was the interrupted step's update applied?
+        if self.pending is not None and self.logged < step:
+            self.pending["interrupted"] = True  # its scheduled evaluation (if any) is redone on resume
+            self._log(self.pending)
+        if dist.fsdp:  # gathering the shards needs every rank, which may already be gone: keep the last checkpoint
+            if dist.main:
+                print(f"interrupted: the last periodic checkpoint in {ckpt} is kept; run again to resume", file=sys.stderr)
+        elif dist.main and done >= self.start:
+            write_checkpoint(ckpt, self.model, self.optimizer, done, dataclasses.asdict(self.cfg), self.meta, dist)
+            print(f"interrupted: checkpoint of step {done} written to {ckpt}; run again to resume", file=sys.stderr)
 
-    if not is_converted(model):
-        return []
-    return [m.generator for m in head_maps(model) if m.generator is not None]
-
-
-def _full_state(model: nn.Module, opt: torch.optim.Optimizer | None, dist: _Dist) -> tuple[dict | None, dict | None]:
-    """Unsharded model weights and optimizer state (optimizer indices as ``optimizer.state_dict()``), on rank 0.
-
-    Under FSDP every rank must call this (it gathers the shards); elsewhere it is local and (None, ...) means "use the
-    model's own state_dict"."""
-    if not dist.fsdp:
-        return None, None if opt is None else opt.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
-    if opt is None:
-        return weights, None
-    by_name = get_optimizer_state_dict(model, opt, options=options)
-    if not dist.main:
-        return None, None
-    index = {name: i for i, name in enumerate(_param_names(model))}
-    state = {index[name]: value for name, value in by_name["state"].items()}
-    groups = [{**g, "params": [index[name] for name in g["params"]]} for g in by_name["param_groups"]]
-    return weights, {"state": state, "param_groups": groups}
-
-
-def _load_sharded_weights(model: nn.Module, weights: dict) -> None:
-    """FSDP: the full weights given on rank 0 (``{}`` elsewhere) broadcast into every rank's shards."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, state: dict, model: nn.Module, dist: _Dist) -> None:
-    """``state`` as ``optimizer.state_dict()``; under FSDP given on rank 0 only (``{}`` elsewhere) and broadcast."""
-    if not dist.fsdp:
-        opt.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    names = _param_names(model)
-    by_name = {}
-    if state:
-        by_name = {
-            "state": {names[int(i)]: value for i, value in state["state"].items()},
-            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]],
-        }
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_optimizer_state_dict(model, opt, by_name, options=options)
-
-
-def _write_checkpoint(
-    path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig, meta: dict, dist: _Dist
-) -> None:
-    """Every rank calls this (FSDP gathers the shards); only rank 0 writes."""
-    from safetensors.torch import save_file
-
-    from gaincell.hub import write_model_files
-
-    weights, opt_state = _full_state(model, opt, dist)
-    if not dist.main:
-        return
-    with atomic_dir(path) as tmp:
-        write_model_files(model, tmp, metadata=meta, state_dict=weights)
-        torch.save(opt_state, tmp / "optimizer.pt")
-        gens = {f"gen{i}": g.get_state() for i, g in enumerate(_generators(model))}
-        if gens:
-            save_file(gens, tmp / "noise_state.safetensors")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}, indent=2))
-
-
-def _read_checkpoint(path: Path, model: nn.Module, cfg: TrainConfig, device: torch.device, weights: bool) -> int:
-    """Noise generators and (``weights``) the weights into the not yet wrapped model; returns the checkpointed step."""
-    from safetensors.torch import load_file
-
-    from gaincell.attention import head_maps, is_converted
-    from gaincell.hub import read_weights
-
-    state = json.loads((path / "state.json").read_text())
-    saved = state["config"]
-    for key in ("batch_size", "context", "grad_accum", "seed", "steps"):
-        if saved.get(key) != getattr(cfg, key):
-            raise GaincellError(
-                f"cannot resume from {path}: it was written with {key} = {saved.get(key)!r}, now {getattr(cfg, key)!r} "
-                "(use the same settings, or a new --out folder)"
+    def peer_failure(self, exc: BaseException) -> GaincellError:
+        """The error that says another process of the job died, and where the run can resume from."""
+        kept = checkpoint_step(self.checkpoint)
+        return GaincellError(
+            f"rank {self.dist.rank}: a collective operation failed at step {self.step}: another process of this job "
+            f"probably failed or was killed ({str(exc).splitlines()[0][:160]}); "
+            + (
+                f"the last complete checkpoint, step {kept}, is in {self.checkpoint}: "
+                if kept is not None
+                else "no checkpoint yet: "
             )
-    if weights:
-        model.load_state_dict(read_weights(path))
-    if (path / "noise_state.safetensors").is_file():
-        if is_converted(model):  # the streams live where training runs (the model may still be on the CPU)
-            for maps in head_maps(model):
-                maps.noise_generator(device)
-        states = load_file(path / "noise_state.safetensors")
-        for i, g in enumerate(_generators(model)):
-            saved_state = states.get(f"gen{i}")
-            if saved_state is None or saved_state.numel() != g.get_state().numel():  # written on another device type
-                print(
-                    f"gaincell: {path} holds noise streams of another device type: layer noise restarts from its seed",
-                    file=sys.stderr,
-                )
-                break
-            g.set_state(saved_state)
-    return int(state["step"])
+            + "run the same command again to resume (with any number of processes)"
+        )
+
+    # ------------------------------------------------------------------------------------------------ finish
+    def summary(self, stop_signal: str | None) -> dict[str, Any]:
+        """What the run did; ``stopped_at`` (and ``stopped_by``) when it stopped before its last step."""
+        cfg, last = self.cfg, self.last
+        if not last and self.log_path.is_file():  # resumed a finished run: nothing was left to do
+            lines = [ln for ln in self.log_path.read_text().splitlines() if ln]
+            last = json.loads(lines[-1]) if lines else {}
+        summary = {"steps": cfg.steps, "final": last, "config": dataclasses.asdict(cfg)}
+        if last and last.get("step", cfg.steps - 1) < cfg.steps - 1:  # stopped early on request: no final model yet
+            summary["stopped_at"] = last["step"]
+            if self.terminated:  # this rank's signal, or SIGTERM when another rank was signalled
+                summary["stopped_by"] = stop_signal or "SIGTERM"
+        return summary
+
+    def save_final(self, summary: dict[str, Any], tokenizer: Any) -> None:
+        """The trained model into ``out/model`` and the summary into ``out/summary.json`` (every rank calls this)."""
+        weights, _ = full_state(self.model, None, self.dist)
+        if not self.dist.main:
+            return
+        from gaincell.hub import save
+
+        cfg, meta, last = self.cfg, self.meta, summary["final"]
+        if "val_loss" in last:
+            meta.setdefault("metrics", {})["val_ppl"] = last["val_ppl"]
+        meta["training"] = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * cfg.context}
+        save(self.model, self.out / "model", tokenizer=tokenizer, metadata=meta, state_dict=weights)
+        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
-def _redo_cut_evaluation(log_path: Path, model: nn.Module, val_ids: Tensor, cfg: TrainConfig, step: int, write: bool) -> None:
-    """If the checkpointed step was interrupted before its scheduled evaluation, evaluate now and patch its record."""
-    lines = log_path.read_text().splitlines()
-    if not lines:
-        return
-    rec = json.loads(lines[-1])
-    if rec.get("step") != step or not rec.pop("interrupted", False):
-        return
-    if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
-        vl = evaluate_loss(model, val_ids, cfg)
-        rec.update(val_loss=vl, val_ppl=math.exp(vl))
-    lines[-1] = json.dumps(rec)
-    if write:
-        atomic_write_text(log_path, "".join(ln + "\n" for ln in lines))
+def _freeze(teacher: nn.Module | None) -> None:
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
 
 
 def finetune(
@@ -448,170 +451,42 @@ def finetune(
 ) -> dict[str, Any]:
     """Train ``model`` in place; writes ``out/log.jsonl``, ``out/checkpoint/`` and the final ``out/model/``.
 
+    ``teacher``: distil from it (``cfg.distill_weight``; without a teacher the loss is plain cross-entropy).
     ``stop_after``: checkpoint and return after that many steps (of the whole run); run again to resume.
     ``device``: where to train (default: where the model is); with ``cfg.fsdp`` the model may stay on the CPU and only
     its shards are moved there.
 
     Returns a summary with the final validation loss/perplexity (when ``val_ids`` is given).
     """
+    from tqdm import tqdm
+
     cfg.validate()
-    dist = _Dist(fsdp=cfg.fsdp)
-    out = Path(out)
-    micro = cfg.batch_size // cfg.grad_accum
-    if micro % dist.world:
-        raise GaincellError(f"batch_size / grad_accum = {micro} must be divisible by the {dist.world} processes")
-    per_rank = micro // dist.world
-    device = resolve_device(str(device)) if device is not None else _device(model)
+    run = _Run(model, cfg, Path(out), device, teacher, dict(metadata or {}))
+    dist = run.dist
     model.train()
-    if teacher is not None:
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    ckpt = out / "checkpoint"
-    log_path = out / "log.jsonl"
-    start = 0
-    meta = dict(metadata or {})
-    if resume and dist.main:
-        recover_folder(ckpt, marker="state.json")
-    dist.barrier()  # every rank sees the recovered checkpoint
-    resuming = resume and (ckpt / "state.json").is_file()
-    if resuming:  # without FSDP the full weights go into the model before it is wrapped
-        start = _read_checkpoint(ckpt, model, cfg, device, weights=not dist.fsdp) + 1
-    ddp = dist.wrap(model, device)
-    if resuming and dist.fsdp:  # rank 0 reads the checkpoint; its tensors are broadcast into every rank's shards
-        from gaincell.hub import read_weights
-
-        _load_sharded_weights(model, read_weights(ckpt) if dist.main else {})
-    if cfg.compile:  # graphs break at each attention call, which stays eager (see gaincell.model.gaincell_attention)
-        ddp = torch.compile(ddp)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    if resuming:
-        saved = torch.load(ckpt / "optimizer.pt", weights_only=True, mmap=True) if dist.main or not dist.fsdp else {}
-        _load_optimizer(opt, saved, model, dist)
-        if dist.main and log_path.is_file():  # keep exactly the log lines up to the checkpoint
-            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln).get("step", -1) < start]
-            atomic_write_text(log_path, "".join(k + "\n" for k in keep))
-    elif dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if log_path.exists():
-            log_path.unlink()
-    dist.barrier()  # every rank sees the trimmed log
-    bar = None
-    if progress and dist.main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step")
-    last: dict[str, Any] = {}
-    step = start - 1
-    t0 = time.time()
-    logged = start - 1  # the last step whose record is in the log
-    pending: dict[str, Any] | None = None  # record of an optimizer step that is done but not yet logged
-
-    def log(record: dict[str, Any]) -> None:
-        nonlocal logged
-        if dist.main:
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        logged = record["step"]
-
-    if start > 0 and val_ids is not None and (dist.main or dist.fsdp) and log_path.is_file():
-        _redo_cut_evaluation(log_path, model, val_ids, cfg, start - 1, write=dist.main)  # FSDP: every rank evaluates
-
-    stop_request = _StopRequest(announce=dist.main).__enter__()
-    terminated = False
-    try:
-        for step in range(start, cfg.steps):
-            lr = cfg.lr_at(step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for m in range(cfg.grad_accum):
-                # the same global micro-batch whatever the number of processes; each rank takes its share
-                x, y = sample_batch(train_ids, micro, cfg.context, _seed(cfg.seed, step, m))
-                x = x[dist.rank * per_rank : (dist.rank + 1) * per_rank].to(device)
-                y = y[dist.rank * per_rank : (dist.rank + 1) * per_rank].to(device)
-                sync = m == cfg.grad_accum - 1 or not dist.enabled
-                if dist.fsdp:  # reduce-scatter the gradients only on the last micro-step
-                    model.set_requires_gradient_sync(sync)  # type: ignore[operator]
-                no_sync = getattr(ddp, "_orig_mod", ddp).no_sync if not (sync or dist.fsdp) else contextlib.nullcontext
-                with no_sync():
-                    loss = _loss(ddp, x, y, teacher, cfg)
-                    scaler.scale(loss / cfg.grad_accum).backward()
-                loss_sum += float(loss.detach()) / cfg.grad_accum
-            loss_sum, terminated = dist.mean_and_any(loss_sum, stop_request.requested)
-            if not math.isfinite(loss_sum):
-                raise GaincellError(f"training diverged: loss {loss_sum} at step {step} (try a lower --lr)")
-            scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            gnorm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
-            scaler.step(opt)
-            scaler.update()
-            record: dict[str, Any] = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": gnorm}
-            pending = record
-            final = step == cfg.steps - 1
-            if val_ids is not None and ((step + 1) % cfg.eval_every == 0 or final):
-                vl = dist.mean(evaluate_loss(model, val_ids, cfg))
-                record.update(val_loss=vl, val_ppl=math.exp(vl))
-            record["elapsed_s"] = round(time.time() - t0, 2)
-            if step % cfg.log_every == 0 or "val_loss" in record or final:
-                log(record)
-            pending = None
-            last = record
-            if bar is not None:
-                bar.set_postfix(
-                    loss=f"{loss_sum:.3f}", **({"val_ppl": f"{record['val_ppl']:.1f}"} if "val_ppl" in record else {})
-                )
+    _freeze(teacher)
+    run.restore(resume)
+    started_at = time.time()
+    run.redo_cut_evaluation(val_ids)
+    bar = tqdm(total=cfg.steps, initial=run.start, desc="training", unit="step", disable=not (progress and dist.main))
+    with _StopRequest(announce=dist.main) as stop_request, bar:
+        try:
+            for step in range(run.start, cfg.steps):
+                record = run.optimizer_step(step, train_ids, stop_request.requested)
+                run.evaluate_and_log(record, val_ids, started_at)
+                val_ppl = {"val_ppl": f"{record['val_ppl']:.1f}"} if "val_ppl" in record else {}
+                bar.set_postfix(loss=f"{record['loss']:.3f}", **val_ppl)
                 bar.update(1)
-            stopping = (terminated or (stop_after is not None and step + 1 >= stop_after)) and not final
-            if (step + 1) % cfg.save_every == 0 or final or stopping:
-                _write_checkpoint(ckpt, model, opt, step, cfg, meta, dist)
-            dist.barrier()
-            if stopping:
-                break
-    except RuntimeError as exc:
-        if not (dist.enabled and _peer_failure(exc)):
+                if run.checkpoint_and_stop(step, stop_after):
+                    break
+        except RuntimeError as exc:
+            if not (dist.enabled and is_peer_failure(exc)):
+                raise
+            raise run.peer_failure(exc) from exc
+        except KeyboardInterrupt:
+            run.save_interrupted()
             raise
-        kept = _checkpoint_step(ckpt)
-        raise GaincellError(
-            f"rank {dist.rank}: a collective operation failed at step {step}: another process of this job probably "
-            f"failed or was killed ({str(exc).splitlines()[0][:160]}); "
-            + (f"the last complete checkpoint, step {kept}, is in {ckpt}: " if kept is not None else "no checkpoint yet: ")
-            + "run the same command again to resume (with any number of processes)"
-        ) from exc
-    except KeyboardInterrupt:
-        done = step if pending is not None else step - 1  # was the interrupted step's update applied?
-        if pending is not None and logged < step:
-            pending["interrupted"] = True  # its scheduled evaluation (if any) is redone on resume
-            log(pending)
-        if dist.fsdp:  # gathering the shards needs every rank, which may already be gone: keep the last checkpoint
-            if dist.main:
-                print(f"interrupted: the last periodic checkpoint in {ckpt} is kept; run again to resume", file=sys.stderr)
-        elif dist.main and done >= start:
-            _write_checkpoint(ckpt, model, opt, done, cfg, meta, dist)
-            print(f"interrupted: checkpoint of step {done} written to {ckpt}; run again to resume", file=sys.stderr)
-        raise
-    finally:
-        stop_request.__exit__(None, None, None)
-        if bar is not None:
-            bar.close()
-    if not last and log_path.is_file():  # resumed a finished run: nothing was left to do
-        lines = [ln for ln in log_path.read_text().splitlines() if ln]
-        last = json.loads(lines[-1]) if lines else {}
-    summary = {"steps": cfg.steps, "final": last, "config": dataclasses.asdict(cfg)}
-    if last and last.get("step", cfg.steps - 1) < cfg.steps - 1:  # stopped early on request: no final model yet
-        summary["stopped_at"] = last["step"]
-        if terminated:  # this rank's signal, or SIGTERM when another rank was signalled
-            summary["stopped_by"] = stop_request.signal or "SIGTERM"
-        return summary
-    weights, _ = _full_state(model, None, dist)
-    if dist.main:
-        from gaincell.hub import save
-
-        if "val_loss" in last:
-            meta.setdefault("metrics", {})["val_ppl"] = last["val_ppl"]
-        meta["training"] = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * cfg.context}
-        save(model, out / "model", tokenizer=tokenizer, metadata=meta, state_dict=weights)
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    summary = run.summary(stop_request.signal)
+    if "stopped_at" not in summary:
+        run.save_final(summary, tokenizer)
     return summary
