@@ -4,7 +4,7 @@ Every field carries its unit, its provenance (paper section, SPICE fit or publis
 dataclass metadata; :meth:`HardwareConfig.describe` and ``gaincell hardware show`` print them.  Configs are immutable
 and validated on construction; :meth:`HardwareConfig.replace` returns a new validated config.
 
-Sources are tagged as in ``shared/docs/paper.md``: [N-M] Nature Methods text, [S1] full-text literature card,
+Sources are tagged as in ``docs/bibliography.md``: [N-M] the article's Methods, [S1] full-text literature card,
 [C] the published code (github.com/NathanLeroux-git/GainCellAttention), [INF] derived arithmetic.
 """
 
