@@ -26,7 +26,7 @@ from gaincell.errors import GaincellError
 from gaincell.files import atomic_dir
 from gaincell.model import convert
 
-__all__ = ["load", "load_tokenizer", "save", "shipped_models", "zoo_dir"]
+__all__ = ["load", "load_tokenizer", "package_model", "read_weights", "save", "shipped_models", "zoo_dir"]
 
 FORMAT = 1
 
@@ -221,3 +221,59 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     if model_type == "gpt2" or str(name_or_path).split("/")[-1].startswith(("gpt2", "distilgpt2")):
         return gpt2_tokenizer()
     raise GaincellError(f"no tokenizer found for model {str(name_or_path)!r}")
+
+
+def package_model(
+    model: nn.Module,
+    tokenizer: Any,
+    heldout_ids: torch.Tensor,
+    *,
+    name: str,
+    source: Path,
+    role: str,
+    parent: str | None,
+    data: str,
+    heldout: str,
+    context: int | None = None,
+    log: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Ship a trained model inside the package (maintainers): evaluate it on the held-out text, save it in fp16 to
+    the zoo with its training ``log``, measure again from the fp16 copy (what users will get) and record it in the
+    manifest.  Returns the manifest entry plus ``fp32_perplexity`` and ``path``."""
+    import shutil
+
+    from gaincell.evaluate import perplexity
+    from gaincell.files import atomic_write_text
+
+    ppl = perplexity(model, heldout_ids, context=context, progress=progress)
+    dest = zoo_dir() / name
+    meta = {
+        **(read_info(source) or {}),
+        "name": name,
+        "role": role,
+        "parent": parent,
+        "data": data,
+        "heldout": {"text": heldout, **ppl},
+    }
+    meta.pop("format", None)
+    meta.pop("attention", None)
+    save(model, dest, tokenizer=tokenizer, metadata=meta, dtype=torch.float16)
+    shipped = perplexity(load(dest), heldout_ids, context=context)["perplexity"]
+    if log is not None and log.is_file():
+        shutil.copy(log, dest / "train-log.jsonl")
+    entry = {
+        "name": name,
+        "role": role,
+        "parent": parent,
+        "data": data,
+        "heldout": heldout,
+        "perplexity": round(shipped, 3),
+        "context": ppl["context"],
+        "tokens": ppl["tokens"],
+    }
+    manifest_path = zoo_dir() / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"models": []}
+    manifest["models"] = [m for m in manifest["models"] if m["name"] != name] + [entry]
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    return {**entry, "fp32_perplexity": ppl["perplexity"], "path": str(dest)}
