@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -9,15 +10,16 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import drive_arrays as active
-from conftest import tiny_llama
 from gaincell import HardwareConfig
+from gaincell.attention import attention_spec
 from gaincell.cache import AnalogKVCache
 from gaincell.cli import main
 from gaincell.errors import GaincellError
 from gaincell.generation import cache_perplexity, generate, retention_study
 from gaincell.hub import save
 from gaincell.model import convert
+from helpers import drive_arrays as active
+from helpers import tiny_llama
 
 V = 61
 SAT = {"score_saturation": 8.0, "output_saturation": 4.0}
@@ -221,6 +223,50 @@ def test_generate_function_reports_hardware_time_and_energy():
         generate(model, _Tok(), "x", idle=-1.0)
 
 
+def _greedy_by_hand(model, prompt_ids, n, hardware=None, idle=0.0):
+    """Greedy decoding token by token through a fresh analog cache (``idle`` seconds before every decode step),
+    written out without transformers' generate()."""
+    cache = AnalogKVCache(model, hardware=hardware)
+    new = []
+    logits = model(input_ids=torch.tensor([prompt_ids]), cache=cache, use_cache=True).logits[:, -1]
+    while True:
+        new.append(int(logits.float().argmax(-1)))
+        if len(new) == n:
+            return new
+        cache.advance_time(idle)
+        logits = model(input_ids=torch.tensor([[new[-1]]]), cache=cache, use_cache=True).logits[:, -1]
+
+
+def test_generate_streams_the_greedy_tokens_of_a_hand_written_decoding_loop():
+    model = active(convert(llama(), HW))
+    tok, stream = _Tok(), io.StringIO()
+    res = generate(model, tok, "hello", max_new_tokens=8, stream=stream)
+    assert res["text"] == tok.decode(_greedy_by_hand(model, tok("hello")["input_ids"], 8)) == stream.getvalue()
+
+
+def test_generate_runs_the_cache_on_its_own_clock_and_leaves_the_model_as_converted():
+    model = active(convert(llama(), HW))
+    tok = _Tok()
+    res = generate(model, tok, "hello", max_new_tokens=5, token_period=2e-9, idle=1e-3)
+    assert attention_spec(model) == HW and res["token_period_s"] == 2e-9
+    assert res["retention_time_s"] == pytest.approx(HW.retention_time)
+    # 5 prompt + 4 decoded tokens written on the 2 ns clock, and the arrays idled between consecutive new tokens
+    assert res["hardware_time_s"] == pytest.approx(9 * 2e-9 + 4 * 1e-3)
+    fast = HW.replace(token_period=2e-9, retention_time=HW.retention_time)
+    assert res["text"] == tok.decode(_greedy_by_hand(model, tok("hello")["input_ids"], 5, fast, idle=1e-3))
+    ids = torch.randint(1, V, (80,))
+    cache_perplexity(model, ids, context=40, hardware=HW.replace(retention_time=1e-6))
+    assert attention_spec(model) == HW
+
+
+def test_generation_stopped_by_the_end_of_text_token_idles_no_further():
+    model = active(convert(llama(), HW))
+    tok = _Tok()
+    tok.eos_token_id = _greedy_by_hand(model, tok("hello")["input_ids"], 1)[0]
+    res = generate(model, tok, "hello", max_new_tokens=5, idle=1e-3)
+    assert res["new_tokens"] == 1 and res["hardware_time_s"] == pytest.approx(5 * HW.token_period)
+
+
 def test_retention_study_degrades_at_short_tau():
     model = active(convert(llama(dtype=torch.float32), HW.replace(token_period=1e-6)))
     ids = torch.randint(1, V, (160,))
@@ -233,8 +279,8 @@ def test_retention_study_degrades_at_short_tau():
 
 
 def test_generate_and_retention_cli(tmp_path, capsys):
-    from gaincell.commands import new_model
     from gaincell.data import shakespeare_plays, subvocab_tokenizer
+    from gaincell.factory import new_model
 
     text = shakespeare_plays()["tempest"][:5000]
     tok = subvocab_tokenizer([text])

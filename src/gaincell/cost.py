@@ -28,14 +28,29 @@ heads, layers); latency is flat in M except for the adder tree's log2(T) stages;
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
 
-__all__ = ["COMPONENTS", "GPU_SPECS", "MEASURED_GPUS", "ModelShape", "analog_cost", "compare", "gpu_roofline", "model_shape"]
+__all__ = [
+    "COMPONENTS",
+    "GPU_SPECS",
+    "MEASURED_GPUS",
+    "ModelShape",
+    "analog_cost",
+    "compare",
+    "gpu_roofline",
+    "model_shape",
+    "sweeps",
+    "write_report",
+]
 
 # ---------------------------------------------------------------------------------------------------- paper design point
 _M0, _D0, _A0 = 1024, 64, 64  # window, head dim, array size of the reported design
@@ -376,164 +391,84 @@ def sweeps(hw: HardwareConfig, *, batch: int = 64) -> dict[str, Any]:
     return {"batch": batch, "by_window": by_window, "by_model": by_model, "breakdown_per_head_j": breakdown}
 
 
-def write_report(hw: HardwareConfig, out: Any, *, batch: int = 64) -> dict[str, Any]:
-    """cost.json, cost-by-window.csv, cost-by-model.csv and cost.png (sweeps + component breakdown) into ``out``."""
-    import csv
-    import io
-    import json
-    from pathlib import Path
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gaincell.files import atomic_write, atomic_write_text
-
+def write_report(hw: HardwareConfig, out: str | Path, *, batch: int = 64) -> dict[str, Any]:
+    """cost.json, cost-by-window.csv, cost-by-model.csv and cost.png (sweeps + component breakdown) into ``out``;
+    returns the sweeps (:func:`sweeps`)."""
     out = Path(out)
     data = sweeps(hw, batch=batch)
+    _write_sweep_files(data, out)
+    _write_sweep_plot(data, hw, out / "cost.png")
+    return data
+
+
+def _write_sweep_files(data: dict[str, Any], out: Path) -> None:
+    from gaincell.files import atomic_write_text
+
     for key, name in (("by_window", "cost-by-window.csv"), ("by_model", "cost-by-model.csv")):
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(data[key][0]))
-        w.writeheader()
-        w.writerows(data[key])
+        writer = csv.DictWriter(buf, fieldnames=list(data[key][0]))
+        writer.writeheader()
+        writer.writerows(data[key])
         atomic_write_text(out / name, buf.getvalue())
     atomic_write_text(out / "cost.json", json.dumps(data, indent=2) + "\n")
-    fig, ax = plt.subplots(2, 3, figsize=(18, 9))
+
+
+def _write_sweep_plot(data: dict[str, Any], hw: HardwareConfig, path: Path) -> None:
+    """Top row: energy and latency vs window, the component breakdown; bottom row: energy and latency vs model size."""
+    from matplotlib.figure import Figure
+
+    from gaincell.files import atomic_write
+
+    fig = Figure(figsize=(18, 9))
+    ax = fig.subplots(2, 3)
     ax[1, 2].axis("off")
     styles = {g: s for g, s in zip(GPU_SPECS, ("--", "-.", ":", "--", ":"), strict=True)}
-    for col, (key, unit) in enumerate((("energy_j", "J"), ("latency_s", "s"))):
-        a = ax[0, col]
-        ws = [r["window"] for r in data["by_window"]]
-        a.loglog(ws, [r[f"analog_{key}"] for r in data["by_window"]], "o-", lw=2, label="gain cells")
-        for g, spec in GPU_SPECS.items():
-            a.loglog(ws, [r[f"{g}_{key}"] for r in data["by_window"]], styles[g], label=f"{spec.name} (roofline)")
-        if key == "energy_j":
-            for name, mg in MEASURED_GPUS.items():
-                a.plot([1024], [mg["energy_j"]], "x", ms=9, label=f"{name} (paper)")
-        else:
-            for name, mg in MEASURED_GPUS.items():
-                a.plot([1024], [mg["latency_s"]], "x", ms=9, label=f"{name} (paper)")
-        a.set(
-            xlabel="window M (tokens)",
-            ylabel=f"{key.split('_')[0]} per token, one GPT-2 layer ({unit})",
-            title=f"{key.split('_')[0].capitalize()} vs window (batch {batch})",
-        )
-        a.grid(alpha=0.3, which="both")
-        a.legend(fontsize=7)
+    for col, key in enumerate(("energy_j", "latency_s")):
+        _plot_by_window(ax[0, col], data, key, styles)
+    for a, key in zip((ax[1, 0], ax[1, 1]), ("energy_j", "latency_s"), strict=True):
+        _plot_by_model(a, data, key, styles, hw.window)
+    _plot_breakdown(ax[0, 2], data["breakdown_per_head_j"])
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+
+
+def _plot_by_window(a: Any, data: dict[str, Any], key: str, styles: dict[str, str]) -> None:
+    unit = {"energy_j": "J", "latency_s": "s"}[key]
+    quantity = key.split("_")[0]
+    ws = [r["window"] for r in data["by_window"]]
+    a.loglog(ws, [r[f"analog_{key}"] for r in data["by_window"]], "o-", lw=2, label="gain cells")
+    for g, spec in GPU_SPECS.items():
+        a.loglog(ws, [r[f"{g}_{key}"] for r in data["by_window"]], styles[g], label=f"{spec.name} (roofline)")
+    for name, mg in MEASURED_GPUS.items():  # the paper's measured points, at its window of 1024
+        a.plot([1024], [mg[key]], "x", ms=9, label=f"{name} (paper)")
+    a.set(
+        xlabel="window M (tokens)",
+        ylabel=f"{quantity} per token, one GPT-2 layer ({unit})",
+        title=f"{quantity.capitalize()} vs window (batch {data['batch']})",
+    )
+    a.grid(alpha=0.3, which="both")
+    a.legend(fontsize=7)
+
+
+def _plot_by_model(a: Any, data: dict[str, Any], key: str, styles: dict[str, str], window: int) -> None:
+    label = {"energy_j": "energy (J)", "latency_s": "latency (s)"}[key]
     names = [r["model"] for r in data["by_model"]]
     x = list(range(len(names)))
-    for a, (key, label) in zip((ax[1, 0], ax[1, 1]), (("energy_j", "energy (J)"), ("latency_s", "latency (s)")), strict=True):
-        a.semilogy(x, [r[f"analog_{key}"] for r in data["by_model"]], "o-", lw=2, label="gain cells")
-        for g, spec in GPU_SPECS.items():
-            a.semilogy(x, [r[f"{g}_{key}"] for r in data["by_model"]], styles[g], label=f"{spec.name} (roofline)")
-        a.set_xticks(x, names)
-        a.set(
-            ylabel=f"attention {label} per token, all layers",
-            title=f"{label.split()[0].capitalize()} vs model size (window {hw.window})",
-        )
-        a.grid(alpha=0.3, which="both")
-        a.legend(fontsize=7)
-    a = ax[0, 2]
-    parts = data["breakdown_per_head_j"]
+    a.semilogy(x, [r[f"analog_{key}"] for r in data["by_model"]], "o-", lw=2, label="gain cells")
+    for g, spec in GPU_SPECS.items():
+        a.semilogy(x, [r[f"{g}_{key}"] for r in data["by_model"]], styles[g], label=f"{spec.name} (roofline)")
+    a.set_xticks(x, names)
+    a.set(
+        ylabel=f"attention {label} per token, all layers",
+        title=f"{label.split()[0].capitalize()} vs model size (window {window})",
+    )
+    a.grid(alpha=0.3, which="both")
+    a.legend(fontsize=7)
+
+
+def _plot_breakdown(a: Any, parts: dict[str, float]) -> None:
     total = sum(parts.values())
     a.barh(list(parts), [v * 1e12 for v in parts.values()], color="#4c72b0")
     for y, v in enumerate(parts.values()):
         a.text(v * 1e12, y, f" {v * 1e12:.0f} pJ ({100 * v / total:.0f}%)", va="center", fontsize=8)
     a.set(xlabel="pJ per head per token", title=f"Component breakdown ({total * 1e9:.2f} nJ per head per token)")
-    fig.tight_layout()
-    atomic_write(out / "cost.png", lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-    return data
-
-
-# ---------------------------------------------------------------------------------------------------- measuring a GPU
-def bench_gpu(
-    *,
-    batch: int = 64,
-    heads: int = 12,
-    head_dim: int = 64,
-    window: int = 1024,
-    steps: int = 1024,
-    warmup: int = 5,
-    repeats: int = 10,
-) -> dict[str, Any] | None:
-    """Measure single-token decode attention on the local CUDA GPU the way the paper did, with its pitfall fixed.
-
-    Per step: write the new K, V into ring slot t mod window, then one query attends to *all* cached keys
-    (``is_causal=False``: with one query, ``is_causal=True`` would let it see key 0 only).  Latency from CUDA events;
-    energy = (mean NVML power during the run - idle power) x time.  Returns None when there is no CUDA GPU.
-    """
-    import threading
-    import time
-
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    dev = torch.device("cuda")
-    f = torch.nn.functional
-    k = torch.randn(batch, heads, window, head_dim, device=dev, dtype=torch.float16)
-    v = torch.randn_like(k)
-    q = torch.randn(batch, heads, 1, head_dim, device=dev, dtype=torch.float16)
-    new = torch.randn(batch, heads, 1, head_dim, device=dev, dtype=torch.float16)
-
-    def run() -> None:
-        for t in range(steps):
-            slot = t % window
-            k[:, :, slot : slot + 1] = new
-            v[:, :, slot : slot + 1] = new
-            f.scaled_dot_product_attention(q, k, v, is_causal=False)
-
-    power: list[float] = []
-    handle = None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-    except Exception:
-        handle = None
-
-    def sample(stop: threading.Event) -> None:
-        while not stop.is_set():
-            power.append(pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
-            time.sleep(0.005)
-
-    idle = None
-    if handle is not None:
-        idle = sum(pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0 for _ in range(10)) / 10
-    for _ in range(warmup):
-        run()
-    torch.cuda.synchronize()
-    stop = threading.Event()
-    thread = threading.Thread(target=sample, args=(stop,), daemon=True) if handle is not None else None
-    if thread is not None:
-        thread.start()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    if thread is not None:
-        stop.set()
-        thread.join()
-    seconds = start.elapsed_time(end) / 1000.0
-    tokens = repeats * steps * batch
-    result: dict[str, Any] = {
-        "gpu": torch.cuda.get_device_name(),
-        "batch": batch,
-        "heads": heads,
-        "head_dim": head_dim,
-        "window": window,
-        "latency_per_step_s": seconds / (repeats * steps),
-        "latency_s": seconds / tokens,
-        "energy_j": None,
-        "power_w": None,
-        "idle_power_w": idle,
-    }
-    if power and idle is not None:
-        mean = sum(power) / len(power)
-        result.update(power_w=mean, energy_j=max(mean - idle, 0.0) * seconds / tokens)
-    return result

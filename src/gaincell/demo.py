@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gaincell.errors import GaincellError
+
+if TYPE_CHECKING:
+    from gaincell.adapt import AdaptResult
 
 # The paper's figures for the same rows (GPT-2 124M, OpenWebText validation perplexity), for orientation only.
 PAPER = {
@@ -30,99 +33,157 @@ PAPER = {
 
 SHIPPED = ("shakespeare-softmax", "shakespeare-linear", "shakespeare-nonlinear")
 
-
-def run_demo(out: str | Path, *, quiet: bool = False, max_tokens: int | None = None, context: int = 128) -> dict[str, Any]:
-    """Evaluate every row, run the adaptation, write ``table1.md``, ``table1.json`` and ``table1.png`` into ``out``."""
-    from gaincell.adapt import adapt
-    from gaincell.data import load_text, tokenize
-    from gaincell.evaluate import perplexity
-    from gaincell.files import atomic_write_text
-    from gaincell.hub import load, load_tokenizer, shipped_models
-    from gaincell.train import sample_batch
-
-    names = {m["name"] for m in shipped_models()}
-    missing = [n for n in SHIPPED if n not in names]
-    if missing:
-        raise GaincellError(f"shipped models missing: {', '.join(missing)} (re-create them with `make models`)")
-    t0 = time.time()
-    out = Path(out)
-    tok = load_tokenizer("shakespeare-softmax")
-    ids = tokenize(tok, load_text("shakespeare:test"))
-    if max_tokens:
-        ids = ids[:max_tokens]
-    calib, _ = sample_batch(tokenize(tok, load_text("shakespeare:train")), 16, context, 0)
-
-    rows: list[dict[str, Any]] = []
-
-    def add(key: str, label: str, model: torch.nn.Module, attention: str) -> None:
-        res = perplexity(model, ids, context=context, progress=not quiet, desc=key)
-        rows.append(
-            {
-                "row": key,
-                "model": label,
-                "attention": attention,
-                "perplexity": res["perplexity"],
-                "tokens": res["tokens"],
-                "paper": PAPER[key][0],
-                "paper_note": PAPER[key][1],
-            }
-        )
-        if not quiet:
-            print(f"  {label:<58} {res['perplexity']:>10.2f}")
-
-    if not quiet:
-        print(f"miniature Table 1: held-out Shakespeare (test plays, {ids.numel()} tokens, context {context})")
-    add("softmax", "softmax baseline (shakespeare-softmax)", load("shakespeare-softmax"), "softmax")
-    add(
+#: The rows evaluated on a shipped model as loaded or mapped onto other attention, in table order around the adapted
+#: row: (row key, label, shipped model, attention to convert to or None, attention column).
+ROWS_BEFORE_ADAPTATION = (
+    ("softmax", "softmax baseline (shakespeare-softmax)", "shakespeare-softmax", None, "softmax"),
+    (
         "direct-linear",
         "softmax weights mapped directly onto linear hardware",
-        load("shakespeare-softmax", attention="paper-linear"),
+        "shakespeare-softmax",
         "paper-linear",
-    )
-    add(
-        "direct-nonlinear",
-        "softmax weights mapped directly onto nonlinear hardware",
-        load("shakespeare-softmax", attention="paper"),
-        "paper",
-    )
-    add("linear", "linear hardware, fine-tuned (shakespeare-linear)", load("shakespeare-linear"), "paper-linear")
-    add(
-        "no-adaptation",
-        "nonlinear hardware, linear weights, no adaptation",
-        load("shakespeare-linear", attention="paper"),
-        "paper",
-    )
-    adapted = load("shakespeare-linear")
-    result = adapt(adapted, "paper", calib, progress=not quiet)
-    add("adapted", f"nonlinear hardware after adaptation ({result.iterations} iterations)", adapted, "paper")
-    add("adapted-finetuned", "nonlinear, adapted + fine-tuned (shakespeare-nonlinear)", load("shakespeare-nonlinear"), "paper")
+        "paper-linear",
+    ),
+    ("direct-nonlinear", "softmax weights mapped directly onto nonlinear hardware", "shakespeare-softmax", "paper", "paper"),
+    ("linear", "linear hardware, fine-tuned (shakespeare-linear)", "shakespeare-linear", None, "paper-linear"),
+    ("no-adaptation", "nonlinear hardware, linear weights, no adaptation", "shakespeare-linear", "paper", "paper"),
+)
+ROWS_AFTER_ADAPTATION = (
+    ("adapted-finetuned", "nonlinear, adapted + fine-tuned (shakespeare-nonlinear)", "shakespeare-nonlinear", None, "paper"),
+)
 
-    ppl = {r["row"]: r["perplexity"] for r in rows}
-    checks = {
-        "final_vs_softmax": ppl["adapted-finetuned"] / ppl["softmax"],
-        "adapted_vs_linear": ppl["adapted"] / ppl["linear"],
-        "direct_vs_softmax": min(ppl["direct-linear"], ppl["direct-nonlinear"]) / ppl["softmax"],
-    }
+
+def run_demo(out: str | Path, *, quiet: bool = False, max_tokens: int | None = None, context: int = 128) -> dict[str, Any]:
+    """Evaluate every row, run the adaptation, write ``table1.md``, ``table1.json`` and ``table1.png`` into ``out``
+    (plus the cost report of the final model: ``cost.png``, ``cost.json``, ``cost-by-*.csv``); returns the summary.
+
+    ``max_tokens`` evaluates only the first test tokens; ``quiet`` prints nothing and hides progress bars.
+    """
+    from gaincell.data import load_text, tokenize
+    from gaincell.hub import load_tokenizer
+    from gaincell.train import sample_batch
+
+    _require_shipped_models()
+    started = time.time()
+    out = Path(out)
+    tokenizer = load_tokenizer("shakespeare-softmax")
+    ids = tokenize(tokenizer, load_text("shakespeare:test"))
+    if max_tokens:
+        ids = ids[:max_tokens]
+    calib, _ = sample_batch(tokenize(tokenizer, load_text("shakespeare:train")), 16, context, 0)
+    if not quiet:
+        print(f"miniature Table 1: held-out Shakespeare (test plays, {ids.numel()} tokens, context {context})")
+    rows, adaptation = evaluate_rows(ids, calib, context=context, quiet=quiet)
+    ratios = perplexity_ratios(rows)
     summary = {
         "text": "shakespeare:test",
         "tokens": rows[0]["tokens"],
         "context": context,
         "rows": rows,
-        "adaptation": result.to_dict(),
-        "ratios": checks,
-        "seconds": round(time.time() - t0, 1),
+        "adaptation": adaptation.to_dict(),
+        "ratios": ratios,
+        "seconds": round(time.time() - started, 1),
     }
-    _write_plot(out / "table1.png", rows, result.loss)
-    # what the shipped nonlinear model's attention costs on the gain-cell engine, and against GPUs
+    _write_plot(out / "table1.png", rows, adaptation.loss)
+    cost = final_model_cost(out)
+    summary["cost"] = {k: cost[k] for k in ("energy_per_token_j", "latency_per_token_s", "area_mm2")}
+    summary["cost"]["gpus"] = {g: {"speedup": v["speedup"], "energy_ratio": v["energy_ratio"]} for g, v in cost["gpus"].items()}
+    _write_table(out, summary, cost)
+    if not quiet:
+        print(
+            f"final/softmax {ratios['final_vs_softmax']:.3f}, adapted/linear {ratios['adapted_vs_linear']:.3f}, "
+            f"direct/softmax {ratios['direct_vs_softmax']:.1f}  ({summary['seconds']} s)"
+        )
+        print(f"wrote {out / 'table1.md'}, {out / 'table1.json'}, {out / 'table1.png'}")
+    return summary
+
+
+def _require_shipped_models() -> None:
+    from gaincell.hub import shipped_models
+
+    names = {m["name"] for m in shipped_models()}
+    missing = [n for n in SHIPPED if n not in names]
+    if missing:
+        raise GaincellError(f"shipped models missing: {', '.join(missing)} (re-create them with `make models`)")
+
+
+def evaluate_rows(
+    ids: torch.Tensor, calib: torch.Tensor, *, context: int, quiet: bool
+) -> tuple[list[dict[str, Any]], AdaptResult]:
+    """Every row of the table in order, the adaptation run live between the mapped rows and the final one;
+    returns (rows, the adaptation result)."""
+    from gaincell.hub import load
+
+    def shipped_row(key: str, label: str, name: str, convert_to: str | None, attention: str) -> dict[str, Any]:
+        return evaluate_row(key, label, load(name, attention=convert_to), attention, ids, context=context, quiet=quiet)
+
+    rows = [shipped_row(*row) for row in ROWS_BEFORE_ADAPTATION]
+    adapted, adaptation = adapt_linear_model(calib, quiet=quiet)
+    label = f"nonlinear hardware after adaptation ({adaptation.iterations} iterations)"
+    rows.append(evaluate_row("adapted", label, adapted, "paper", ids, context=context, quiet=quiet))
+    rows += [shipped_row(*row) for row in ROWS_AFTER_ADAPTATION]
+    return rows, adaptation
+
+
+def evaluate_row(
+    key: str, label: str, model: torch.nn.Module, attention: str, ids: torch.Tensor, *, context: int, quiet: bool
+) -> dict[str, Any]:
+    """One table row: the model's perplexity on ``ids`` next to the paper's figure for the same row."""
+    from gaincell.evaluate import perplexity
+
+    res = perplexity(model, ids, context=context, progress=not quiet, desc=key)
+    if not quiet:
+        print(f"  {label:<58} {res['perplexity']:>10.2f}")
+    return {
+        "row": key,
+        "model": label,
+        "attention": attention,
+        "perplexity": res["perplexity"],
+        "tokens": res["tokens"],
+        "paper": PAPER[key][0],
+        "paper_note": PAPER[key][1],
+    }
+
+
+def adapt_linear_model(calib: torch.Tensor, *, quiet: bool) -> tuple[torch.nn.Module, AdaptResult]:
+    """The linear model adapted to the nonlinear hardware on the calibration batch: (model, adaptation result)."""
+    from gaincell.adapt import adapt
+    from gaincell.hub import load
+
+    model = load("shakespeare-linear")
+    return model, adapt(model, "paper", calib, progress=not quiet)
+
+
+def perplexity_ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The ratios the paper's claims rest on: final vs softmax, adapted vs linear, direct mapping vs softmax."""
+    ppl = {r["row"]: r["perplexity"] for r in rows}
+    return {
+        "final_vs_softmax": ppl["adapted-finetuned"] / ppl["softmax"],
+        "adapted_vs_linear": ppl["adapted"] / ppl["linear"],
+        "direct_vs_softmax": min(ppl["direct-linear"], ppl["direct-nonlinear"]) / ppl["softmax"],
+    }
+
+
+def final_model_cost(out: Path) -> dict[str, Any]:
+    """What the shipped nonlinear model's attention costs on the gain-cell engine and against GPUs (batch 64);
+    also writes the cost report (sweeps and breakdown) into ``out``."""
     from gaincell.attention import attention_spec
     from gaincell.cost import compare, model_shape_of, write_report
+    from gaincell.hub import load
 
     final = load("shakespeare-nonlinear")
     hw = attention_spec(final)
     cost = compare(hw, model_shape_of(final), batch=64, gpus=["h100", "rtx4090"])  # type: ignore[arg-type]
     write_report(hw, out, batch=64)  # type: ignore[arg-type]
-    summary["cost"] = {k: cost[k] for k in ("energy_per_token_j", "latency_per_token_s", "area_mm2")}
-    summary["cost"]["gpus"] = {g: {"speedup": v["speedup"], "energy_ratio": v["energy_ratio"]} for g, v in cost["gpus"].items()}
+    return cost
+
+
+def _write_table(out: Path, summary: dict[str, Any], cost: dict[str, Any]) -> None:
+    """``table1.md`` (the table, the ratios and the cost section) and ``table1.json`` (the summary)."""
+    from gaincell.files import atomic_write_text
+
+    rows, ratios, context = summary["rows"], summary["ratios"], summary["context"]
+    softmax = rows[0]["perplexity"]
     md = [
         "# gaincell demo: Table 1 in miniature",
         "",
@@ -134,16 +195,24 @@ def run_demo(out: str | Path, *, quiet: bool = False, max_tokens: int | None = N
     ]
     for i, r in enumerate(rows, 1):
         md.append(
-            f"| {i} | {r['model']} | {r['attention']} | {r['perplexity']:.2f} | {r['perplexity'] / ppl['softmax']:.3f} | {r['paper']} |"
+            f"| {i} | {r['model']} | {r['attention']} | {r['perplexity']:.2f} | {r['perplexity'] / softmax:.3f} | {r['paper']} |"
         )
     md += [
         "",
-        f"Final nonlinear / softmax: **{checks['final_vs_softmax']:.3f}** (paper 23.2 / 22.2 = 1.045). "
-        f"Adapted / linear: **{checks['adapted_vs_linear']:.3f}**. "
-        f"Direct mapping / softmax: **{checks['direct_vs_softmax']:.1f}**.",
+        f"Final nonlinear / softmax: **{ratios['final_vs_softmax']:.3f}** (paper 23.2 / 22.2 = 1.045). "
+        f"Adapted / linear: **{ratios['adapted_vs_linear']:.3f}**. "
+        f"Direct mapping / softmax: **{ratios['direct_vs_softmax']:.1f}**.",
         "",
         "![perplexities and adaptation curve](table1.png)",
         "",
+        *_cost_section(cost),
+    ]
+    atomic_write_text(out / "table1.md", "\n".join(md))
+    atomic_write_text(out / "table1.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _cost_section(cost: dict[str, Any]) -> list[str]:
+    return [
         "## Cost of the nonlinear model's attention on the gain-cell engine",
         "",
         f"{cost['layers']} layers x {cost['heads']} heads (d = {cost['head_dim']}), window {cost['window']}: "
@@ -155,28 +224,18 @@ def run_demo(out: str | Path, *, quiet: bool = False, max_tokens: int | None = N
         "![cost sweeps and breakdown](cost.png)",
         "",
     ]
-    atomic_write_text(out / "table1.md", "\n".join(md))
-    atomic_write_text(out / "table1.json", json.dumps(summary, indent=2) + "\n")
-    if not quiet:
-        print(
-            f"final/softmax {checks['final_vs_softmax']:.3f}, adapted/linear {checks['adapted_vs_linear']:.3f}, "
-            f"direct/softmax {checks['direct_vs_softmax']:.1f}  ({summary['seconds']} s)"
-        )
-        print(f"wrote {out / 'table1.md'}, {out / 'table1.json'}, {out / 'table1.png'}")
-    return summary
 
 
 def _write_plot(path: Path, rows: list[dict[str, Any]], curve: list[float]) -> None:
+    """Left: every row's perplexity (log scale, softmax dashed); right: the adaptation curve (cf. Fig. 4c)."""
     import math
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from gaincell.files import atomic_write
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig = Figure(figsize=(13, 4.8))
+    a, b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
     labels = [f"{i}. {r['row']}" for i, r in enumerate(rows, 1)]
     values = [r["perplexity"] for r in rows]
     colors = ["#4c72b0", "#c44e52", "#c44e52", "#55a868", "#c44e52", "#8172b2", "#55a868"]
@@ -192,4 +251,3 @@ def _write_plot(path: Path, rows: list[dict[str, Any]], curve: list[float]) -> N
     b.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from gaincell.config import HardwareConfig
 from gaincell.kernel import analog_attention, attention_map, softmax_attention
@@ -27,7 +28,7 @@ def recall_workload(tokens: int, heads: int = 4, dim: int = 64, seed: int = 0) -
     text = shakespeare_plays()["hamlet"]
     ids = torch.tensor(tok(text[:20000])["input_ids"][:tokens])
     if len(ids) < tokens:
-        raise ValueError(f"--tokens {tokens}: the workload text has only {len(ids)} tokens")
+        raise ValueError(f"tokens = {tokens}: the workload text has only {len(ids)} tokens")
     gen = torch.Generator().manual_seed(seed)
     table = torch.randint(0, 2, (heads, 50257, dim), generator=gen).float() * 2 - 1
     e = table[:, ids]  # (H, T, D)
@@ -37,27 +38,36 @@ def recall_workload(tokens: int, heads: int = 4, dim: int = 64, seed: int = 0) -
 
 
 def run_hardware_demo(out: str | Path, *, tokens: int = 256, quiet: bool = False) -> dict[str, Any]:
-    """Write ``hardware-demo.json``, ``hardware-demo.md`` and ``hardware-demo.png`` into ``out``."""
-    import matplotlib
+    """Write ``hardware-demo.json``, ``hardware-demo.md`` and ``hardware-demo.png`` into ``out``; returns the summary.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gaincell.files import atomic_write, atomic_write_text
-
+    ``tokens`` (8 to 4096) is the sequence length; ``quiet`` prints nothing.
+    """
     if tokens < 8 or tokens > 4096:
-        raise ValueError(f"--tokens must be between 8 and 4096, got {tokens}")
+        raise ValueError(f"tokens must be between 8 and 4096, got {tokens}")
     out = Path(out)
-    paper = HardwareConfig.preset("paper")
-    linear = HardwareConfig.preset("paper-linear")
-    ideal = HardwareConfig.preset("ideal")
-    w = recall_workload(tokens)
-    q, k, v, ids = w["q"], w["k"], w["v"], w["ids"]
-    same = (ids[:, None] == ids[None, :]) & torch.tril(torch.ones(tokens, tokens, dtype=torch.bool), -1)
-    other = ~(ids[:, None] == ids[None, :]) & torch.tril(torch.ones(tokens, tokens, dtype=torch.bool), -1)
+    workload = recall_workload(tokens)
+    summary, maps = measure_arrays(workload)
+    png = out / "hardware-demo.png"
+    _write_plot(png, maps, tokens)
+    md = _write_summary(out, summary)
+    if not quiet:
+        print("\n".join(md[4:-2]))
+        print(f"\nwrote {out / 'hardware-demo.md'}, {out / 'hardware-demo.json'}, {png}")
+    return summary
+
+
+def measure_arrays(workload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Attention weights phi and outputs of the paper, linear and ideal arrays on the workload, against the ideal
+    array and a digital softmax: (summary, phi maps (H, T, T) per config)."""
+    q, k, v, ids = workload["q"], workload["k"], workload["v"], workload["ids"]
+    tokens = len(ids)
+    earlier = torch.tril(torch.ones(tokens, tokens, dtype=torch.bool), -1)
+    same = (ids[:, None] == ids[None, :]) & earlier  # (query, key) pairs where the key repeats the query's token
+    other = ~(ids[:, None] == ids[None, :]) & earlier
     summary: dict[str, Any] = {"workload": __doc__.split("\n\n")[1].replace("\n", " "), "tokens": tokens, "heads": q.shape[1]}
+    configs = {name: HardwareConfig.preset(name) for name in ("paper", "paper-linear", "ideal")}
     maps = {}
-    for name, cfg in (("paper", paper), ("paper-linear", linear), ("ideal", ideal)):
+    for name, cfg in configs.items():
         phi = attention_map(q, k, cfg)[0]  # (H, T, T)
         maps[name] = phi
         outp = analog_attention(q, k, v, cfg)
@@ -67,33 +77,52 @@ def run_hardware_demo(out: str | Path, *, tokens: int = 256, quiet: bool = False
             "phi_saturated_fraction": float((phi[:, other | same] >= 1).float().mean()),
             "output_abs_mean": float(outp.abs().mean()),
         }
-    ref = analog_attention(q, k, v, ideal)
-    for name, cfg in (("paper", paper), ("paper-linear", linear)):
-        o = analog_attention(q, k, v, cfg)
+    ref = analog_attention(q, k, v, configs["ideal"])
+    for name in ("paper", "paper-linear"):
+        o = analog_attention(q, k, v, configs[name])
         summary[name]["output_rel_error_vs_ideal"] = float((o - ref).norm() / ref.norm())
     soft = softmax_attention(q - 0.5, k - 0.45, v - 0.45)  # same vectors, digital softmax baseline
     summary["softmax_output_abs_mean"] = float(soft.abs().mean())
+    return summary, maps
 
-    fig, ax = plt.subplots(2, 2, figsize=(11, 9))
-    y = torch.linspace(-0.45, 0.45, 201).numpy()
-    ax[0, 0].plot(y, [paper.cell_current(float(t)) for t in y], label="SPICE cubic f(y)")
-    ax[0, 0].plot(y, 19.3 * y, "--", label="linear model 19.3 y")
-    d_old = float(torch.exp(torch.tensor(-paper.decay_per_token * (paper.window - 1))))
-    ax[0, 0].plot(y, [paper.cell_current(d_old * float(t)) for t in y], ":", label=f"oldest key in window (d = {d_old:.3f})")
-    levels = (torch.linspace(0, 0.9, 8) - 0.45).numpy()
-    ax[0, 0].plot(levels, [paper.cell_current(float(t)) for t in levels], "o", label="3-bit write levels")
-    ax[0, 0].set(xlabel="stored voltage - 0.45 V (V)", ylabel="cell current (uA, full pulse)", title="Gain-cell multiply")
-    ax[0, 0].legend(fontsize=8)
-    ax[0, 0].grid(alpha=0.3)
+
+def _write_plot(path: Path, maps: dict[str, Tensor], tokens: int) -> None:
+    """The cell's multiply curve (top left) and head 0's attention map on each array."""
+    from matplotlib.figure import Figure
+
+    from gaincell.files import atomic_write
+
+    paper = HardwareConfig.preset("paper")
+    fig = Figure(figsize=(11, 9))
+    ax = fig.subplots(2, 2)
+    _plot_cell_curve(ax[0, 0], paper)
     for a, name in ((ax[0, 1], "paper"), (ax[1, 0], "paper-linear"), (ax[1, 1], "ideal")):
         im = a.imshow(maps[name][0].numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         a.set(title=f"phi = HardSigmoid(S/80), head 0, {name}", xlabel="key token", ylabel="query token")
         fig.colorbar(im, ax=a, fraction=0.046)
     fig.suptitle(f"gaincell hardware demo: token recall on {tokens} tokens of Hamlet")
     fig.tight_layout()
-    png = out / "hardware-demo.png"
-    atomic_write(png, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+
+
+def _plot_cell_curve(a: Any, paper: HardwareConfig) -> None:
+    """The SPICE cubic against the linear model, for a fresh key and for the oldest key in the window, with the
+    3-bit write levels marked."""
+    y = torch.linspace(-0.45, 0.45, 201).numpy()
+    a.plot(y, [paper.cell_current(float(t)) for t in y], label="SPICE cubic f(y)")
+    a.plot(y, 19.3 * y, "--", label="linear model 19.3 y")
+    d_old = float(torch.exp(torch.tensor(-paper.decay_per_token * (paper.window - 1))))
+    a.plot(y, [paper.cell_current(d_old * float(t)) for t in y], ":", label=f"oldest key in window (d = {d_old:.3f})")
+    levels = (torch.linspace(0, 0.9, 8) - 0.45).numpy()
+    a.plot(levels, [paper.cell_current(float(t)) for t in levels], "o", label="3-bit write levels")
+    a.set(xlabel="stored voltage - 0.45 V (V)", ylabel="cell current (uA, full pulse)", title="Gain-cell multiply")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+
+
+def _write_summary(out: Path, summary: dict[str, Any]) -> list[str]:
+    """``hardware-demo.md`` (one table row per config) and ``hardware-demo.json``; returns the markdown lines."""
+    from gaincell.files import atomic_write_text
 
     md = [
         "# gaincell hardware demo",
@@ -111,7 +140,4 @@ def run_hardware_demo(out: str | Path, *, tokens: int = 256, quiet: bool = False
     md += ["", "![cell curve and attention maps](hardware-demo.png)", ""]
     atomic_write_text(out / "hardware-demo.md", "\n".join(md))
     atomic_write_text(out / "hardware-demo.json", json.dumps(summary, indent=2) + "\n")
-    if not quiet:
-        print("\n".join(md[4:-2]))
-        print(f"\nwrote {out / 'hardware-demo.md'}, {out / 'hardware-demo.json'}, {png}")
-    return summary
+    return md
