@@ -1,7 +1,21 @@
-"""A slow, loop-based reference of the gain-cell attention, written directly from the equations of issue 2.
+"""The executable specification of the gain-cell attention hardware: slow, exact, and written to be read.
 
-One query at a time, one tile at a time; float64; autograd does the backward, with the paper's surrogate written as
-``linear + (exact - linear).detach()`` (exact forward value, linear-slope gradient).
+:func:`reference_attention` computes the same outputs as :func:`gaincell.analog_attention`, straight from the
+equations of the hardware model (``docs/hardware.md``): one query at a time, one key at a time, one tile at a time,
+in plain loops.  Nothing is factorised, blocked or fused, so each line can be checked against the hardware: the DAC
+clamps and quantises q, k and v, the stored voltage leaks by exp(-lambda (i - j)), each cell multiplies its input by
+the cell polynomial f, the first array's charge becomes a pulse through the HardSigmoid, the second array sums per
+physical tile (slot = position mod window, tile = slot // array_size) and every tile is read out through a clamp and
+the output quantiser before the digital sum.
+
+It is the yardstick the fast kernel is tested against, and the place to start when you design a variant of the
+hardware: change the loop here, check your variant against it on short sequences, then port it to the kernel.  The
+cost is O(T^2 D) Python-level work per head (T queries x up to W keys), so keep T to a few hundred tokens.
+
+Gradients come from autograd through the loops, with the paper's training rules written out: straight-through
+quantisers (``x + (round(x) - x).detach()``) and, for the nonlinear cell, the linear surrogate
+``linear + (exact - linear).detach()`` (exact forward value, ``linear_slope`` gradient) unless
+``cell_gradient="exact"``.  Noise is not simulated; the fixed cell variation can be passed as explicit maps.
 """
 
 from __future__ import annotations
@@ -10,10 +24,13 @@ import math
 
 import torch
 
-from gaincell import HardwareConfig
+from gaincell.config import HardwareConfig
+
+__all__ = ["reference_attention"]
 
 
 def _quant(x: torch.Tensor, lo: float, hi: float, levels: int | None, grid: str = "published") -> torch.Tensor:
+    """Quantiser with a straight-through gradient (same grids as :func:`gaincell.dac.quantize`)."""
     if levels is None:
         return x
     step = (hi - lo) / (levels - 1)
@@ -22,6 +39,7 @@ def _quant(x: torch.Tensor, lo: float, hi: float, levels: int | None, grid: str 
 
 
 def _cell(cfg: HardwareConfig, z: torch.Tensor) -> torch.Tensor:
+    """The cell polynomial f(z) = sum_n g_n z^n."""
     return sum(g * z**n for n, g in enumerate(cfg.cell_polynomial))
 
 
@@ -44,7 +62,14 @@ def reference_attention(
     offset: tuple[torch.Tensor, torch.Tensor] | None = None,
     stats: dict[str, int] | None = None,
 ) -> torch.Tensor:
-    """(B, H, Tq, D) output; ``gain``/``offset`` optional per-(head, slot, d) cell maps for K and V arrays."""
+    """Gain-cell attention by loops: (B, H, Tq, D) output for (B, H, Tq, D) q and (B, H, Tk, D) k, v.
+
+    Same conventions as :func:`gaincell.analog_attention`: queries are the last Tq of the keys, key j sits at
+    absolute position key_start + j.  ``gain``/``offset``: optional (K array, V array) per-(head, slot, d) cell maps,
+    as returned by :func:`gaincell.noise.variation_maps`.  ``stats``: if given, counts how many (pair, head) scores
+    and (tile, dim) readouts fall in each region of their clamps (keys ``phi_zero``, ``phi_one``, ``phi_linear``,
+    ``out_clamped``, ``out_linear``), to check that test inputs exercise every region.
+    """
     b, h, tq, d = q.shape
     tk = k.shape[2]
     w, a = cfg.window, cfg.array_size

@@ -1,0 +1,67 @@
+"""The converters at the edge of the arrays: the uniform quantiser and the DAC (clamp, quantise, offset).
+
+The DAC turns a digital query into a pulse width in [0, 1] and a digital key or value into a cell voltage in
+[0, kv_max]; the ADC-side readout of each tile uses the same quantiser on [-1, 1].  Training goes straight through the
+rounding and keeps the clamp's gradient mask (the paper's rule; see ``docs/hardware.md``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["DACFunction", "dac", "quantize"]
+
+
+def quantize(x: Tensor, lo: float, hi: float, levels: int | None, *, grid: str = "published") -> Tensor:
+    """Forward-only uniform quantiser of an already clamped tensor.
+
+    ``grid="published"``: step = (hi - lo) / (levels - 1), value = step * round(x / step) (round half to even), as in
+    the released code.  For lo = 0 this is exactly ``levels`` levels; for [-1, 1] it is zero-centred and reaches
+    +-ceil((levels-1)/2) * step (the published 32-level readout reaches +-32/31).
+    ``grid="exact"``: value = lo + step * round((x - lo) / step): exactly ``levels`` levels from lo to hi.
+    """
+    if levels is None:
+        return x
+    step = (hi - lo) / (levels - 1)
+    if grid == "exact":
+        return torch.round((x - lo) / step) * step + lo
+    return torch.round(x / step) * step
+
+
+class DACFunction(torch.autograd.Function):
+    """clamp -> quantise -> subtract offset in one pass; gradient = clamp mask (straight-through rounding)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float, hi: float, levels: int | None, offset: float) -> Tensor:  # type: ignore[override]
+        y = x.clamp(lo, hi)
+        if levels is not None:
+            step = (hi - lo) / (levels - 1)
+            y.div_(step).round_().mul_(step)
+        if offset != 0.0:
+            y.sub_(offset)
+        ctx.save_for_backward((x >= lo) & (x <= hi))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
+class _NoGradContext:
+    """Stands in for autograd's context when nothing needs a gradient: the mask is dropped."""
+
+    def save_for_backward(self, *_: Tensor) -> None:
+        pass
+
+
+def dac(x: Tensor, lo: float, hi: float, levels: int | None, offset: float = 0.0) -> Tensor:
+    """Clamp to [lo, hi], quantise (published grid) and subtract ``offset``.
+
+    Gradient: the clamp mask, straight through the rounding (the paper's training rule).
+    """
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        with torch.no_grad():
+            return DACFunction.forward(_NoGradContext(), x, lo, hi, levels, offset)
+    return DACFunction.apply(x, lo, hi, levels, offset)

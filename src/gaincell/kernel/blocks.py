@@ -1,0 +1,382 @@
+"""The blocked kernel: both arrays for one (head chunk, query block) at a time, and a backward that recomputes them.
+
+Per block (shapes: c = batch entries x heads of the chunk, L = key slots, bq = queries, D = head_dim, F = features):
+
+1. first array: S^T / S_sat = Kf Qf^T (c, L, bq), read noise, HardSigmoid clamp to pulses phi^T, window mask;
+2. second array, per array-sized block b of key slots: M^T_b = Vf_b^T phi^T_b, combined over the feature terms into
+   the tile sums A (c, n_key_blocks, D, bq); blocks that share a physical tile are summed;
+3. readout of each tile: clamp(A / A_sat, -1, 1), quantised, then the digital sum over tiles.
+
+The backward pass replays the forward of each block (flash-attention style: nothing of size T x T is kept) and
+applies the training rules: straight-through quantisers, clamp gradients, and the backward feature terms of the plan
+(the linear surrogate, or the exact polynomial derivative).
+
+Every intermediate lives in a per-thread workspace of named slots (:class:`Buffer`) reused across blocks and calls,
+so the loop allocates nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gaincell.kernel.features import (
+    combine_terms,
+    decayed_voltages,
+    extend_grad_to_terms,
+    key_features,
+    query_features,
+    query_pulses,
+    query_scales,
+    reduce_grad_to_voltages,
+)
+from gaincell.kernel.plan import BlockGeometry, HeadChunk, KernelPlan, geometries, head_chunks
+
+
+# ---------------------------------------------------------------------------------------------------- workspace
+class Buffer(enum.Enum):
+    """The workspace's scratch buffers, one per intermediate of a block step (a slot is reused by every block)."""
+
+    # forward
+    QUERY_PULSES = enum.auto()  # (c, bq, D) quantised queries
+    QUERY_FEATURES = enum.auto()  # (c, bq, F)
+    DECAYED_KEYS = enum.auto()  # (c, L, D) z of the keys, when it cannot live in the key features
+    KEY_FEATURES = enum.auto()  # (c, L, F)
+    SCORES_T = enum.auto()  # (c, L, bq) S^T / S_sat
+    PULSES_T = enum.auto()  # (c, L, bq) phi^T, when the scores must be kept
+    DECAYED_VALUES = enum.auto()  # (c, L, D)
+    VALUE_FEATURES = enum.auto()  # (c, L, F)
+    TERM_SUMS_T = enum.auto()  # (c, n_key_blocks, F, bq) M^T per term
+    TILE_SUMS = enum.auto()  # (c, n_key_blocks, D, bq) A
+    FOLDED_TILE_SUMS = enum.auto()  # (c, n_readouts, D, bq) A with blocks of one tile summed
+    READOUT = enum.auto()  # (c, n_readouts, D, bq) quantised readouts, when the tile sums must be kept
+    OUTPUT = enum.auto()  # (c, D, bq)
+    # backward
+    GRAD_OUTPUT = enum.auto()  # (c, D, bq)
+    GRAD_TILE_SUMS = enum.auto()  # (c, n_readouts, D, bq)
+    BACKWARD_KEY_FEATURES = enum.auto()  # (c, L, Fb)
+    BACKWARD_VALUE_FEATURES = enum.auto()  # (c, L, Fb)
+    BACKWARD_QUERY_FEATURES = enum.auto()  # (c, bq, Fb)
+    GRAD_TERM_SUMS = enum.auto()  # (c, n_key_blocks, Fb, bq)
+    GRAD_PULSES_T = enum.auto()  # (c, L, bq)
+    GRAD_VALUE_FEATURES = enum.auto()  # (c, L, Fb)
+    GRAD_KEY_FEATURES = enum.auto()  # (c, L, Fb)
+    FEATURE_SLOPES = enum.auto()  # (c, L, Fb) dF/dy, of the values and then of the keys
+    GRAD_VALUES = enum.auto()  # (c, L, D)
+    GRAD_KEYS = enum.auto()  # (c, L, D)
+    GRAD_QUERY_FEATURES = enum.auto()  # (c, bq, Fb)
+    GRAD_QUERIES = enum.auto()  # (c, bq, D)
+
+
+class Workspace:
+    """Scratch buffers reused across blocks and calls (no allocator traffic, no page faults in the loop)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[Buffer, torch.dtype, torch.device], Tensor] = {}
+
+    def get(self, slot: Buffer, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A (shape) view of the slot's buffer, grown when too small; contents are whatever was there."""
+        n = math.prod(shape)
+        key = (slot, like.dtype, like.device)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=like.dtype, device=like.device)
+            self.buffers[key] = buf
+        return buf[:n].view(shape)
+
+
+_LOCAL = threading.local()
+
+
+def thread_workspace() -> Workspace:
+    """This thread's workspace (created on first use)."""
+    ws = getattr(_LOCAL, "workspace", None)
+    if ws is None:
+        ws = _LOCAL.workspace = Workspace()
+    return ws
+
+
+def release_workspace() -> None:
+    """Free the kernel's cached scratch buffers of this thread (they are kept between calls for speed)."""
+    _LOCAL.workspace = None
+
+
+# ---------------------------------------------------------------------------------------------------- one block
+class KernelInputs:
+    """Inputs shared by the forward and the recomputing backward: (B, H, T, D) tensors, any strides."""
+
+    def __init__(
+        self, plan: KernelPlan, q: Tensor, k: Tensor, v: Tensor, variation: tuple[Tensor, ...] | None, dtype: torch.dtype
+    ):
+        self.plan, self.q, self.k, self.v, self.variation = plan, q, k, v, variation
+        self.workspace = thread_workspace()
+        self.head_dim = q.shape[-1]
+        self.like = torch.empty(0, dtype=dtype, device=q.device)  # dtype and device of every buffer
+
+    def chunk_variation(self, chunk: HeadChunk, block: BlockGeometry) -> tuple[Tensor | None, ...]:
+        """(K gain, K constant map, V gain, V constant map) of the block's slots, (c, L, D) each; Nones without variation."""
+        if self.variation is None:
+            return (None, None, None, None)
+        return tuple(
+            m[chunk.head_begin : chunk.head_end][:, block.physical_slot]
+            .unsqueeze(0)
+            .expand(chunk.n_batch, -1, -1, -1)
+            .reshape(chunk.size, block.n_key_slots, self.head_dim)
+            for m in self.variation
+        )
+
+    def buffer(self, slot: Buffer, *shape: int) -> Tensor:
+        return self.workspace.get(slot, shape, self.like)
+
+
+@dataclass(slots=True)
+class ForwardState:
+    """The intermediates of one block's forward (views into the workspace), as the backward needs them."""
+
+    output: Tensor  # (c, D, bq) the block's output
+    query_pulses: Tensor  # (c, bq, D)
+    query_features: Tensor  # (c, bq, F)
+    decayed_keys: Tensor  # (c, L, D)
+    key_features: Tensor  # (c, L, F)
+    scores_t: Tensor  # (c, L, bq) S^T / S_sat before the clamp (only when kept)
+    pulses_t: Tensor  # (c, L, bq) phi^T
+    decayed_values: Tensor  # (c, L, D)
+    value_features: Tensor  # (c, L, F)
+    tile_sums: Tensor  # (c, n_readouts, D, bq) A before the readout (only when kept)
+    key_gain: Tensor | None  # (c, L, D) cell variation, or None
+    value_gain: Tensor | None
+
+
+def _z_buffer(inputs: KernelInputs, slot: Buffer, features: Tensor, gain: Tensor | None) -> Tensor:
+    """Where to write z: straight into the first feature columns when they are z itself, else a scratch buffer."""
+    terms = inputs.plan.forward_terms
+    if gain is None and terms and terms[0].is_monomial and terms[0].power == 1:
+        return features[..., : inputs.head_dim]
+    return inputs.buffer(slot, features.shape[0], features.shape[1], inputs.head_dim)
+
+
+def _apply_window_mask(block: BlockGeometry, t: Tensor) -> None:
+    """Zero the (key, query) pairs outside the window (t: (c, L, bq))."""
+    if block.window_mask is None:
+        return
+    begin, end = block.unmasked_rows
+    if begin >= t.shape[-2]:
+        t.mul_(block.window_mask)
+        return
+    if begin > 0:
+        t[..., :begin, :].mul_(block.window_mask[:begin])
+    if end < t.shape[-2]:
+        t[..., end:, :].mul_(block.window_mask[end:])
+
+
+def forward_block(
+    inputs: KernelInputs, chunk: HeadChunk, block: BlockGeometry, noise_gen: torch.Generator | None, *, keep: bool
+) -> ForwardState:
+    """Both arrays for one (head chunk, query block).  ``keep``: leave the scores and tile sums intact for the backward."""
+    plan, d = inputs.plan, inputs.head_dim
+    c, bq, n_slots, n_blocks, a = chunk.size, block.n_queries, block.n_key_slots, block.n_key_blocks, plan.array_size
+    buf = inputs.buffer
+    terms = plan.forward_terms
+    f = plan.feature_width(terms, d)
+    key_gain, key_constant, value_gain, value_constant = inputs.chunk_variation(chunk, block)
+    scales = query_scales(terms, block)
+    q = query_pulses(plan, inputs.q, chunk, block, buf(Buffer.QUERY_PULSES, c, bq, d))
+    qf = query_features(plan, terms, scales, q, buf(Buffer.QUERY_FEATURES, c, bq, f), plan.inv_score_saturation)
+    kf = buf(Buffer.KEY_FEATURES, c, n_slots, f)
+    zk = decayed_voltages(plan, inputs.k, chunk, block, _z_buffer(inputs, Buffer.DECAYED_KEYS, kf, key_gain))
+    key_features(plan, terms, zk, block, kf, key_gain, key_constant)
+    # first array: S^T / S_sat = Kf Qf^T  (c, L, bq), then read noise, HardSigmoid, window
+    scores_t = torch.matmul(kf, qf.transpose(-1, -2), out=buf(Buffer.SCORES_T, c, n_slots, bq))
+    if plan.read_noise_score > 0:
+        scores_t.add_(
+            torch.randn(scores_t.shape, generator=noise_gen, dtype=scores_t.dtype, device=scores_t.device),
+            alpha=plan.read_noise_score * plan.inv_score_saturation,
+        )
+    pulses_t = torch.clamp(scores_t, 0.0, 1.0, out=buf(Buffer.PULSES_T, c, n_slots, bq)) if keep else scores_t.clamp_(0.0, 1.0)
+    _apply_window_mask(block, pulses_t)
+    # second array, per array-sized block of keys: M^T_b = Vf_b^T phi^T_b  (c, n_blocks, F, bq)
+    vf = buf(Buffer.VALUE_FEATURES, c, n_slots, f)
+    zv = decayed_voltages(plan, inputs.v, chunk, block, _z_buffer(inputs, Buffer.DECAYED_VALUES, vf, value_gain))
+    key_features(plan, terms, zv, block, vf, value_gain, value_constant)
+    term_sums_t = torch.matmul(
+        vf.view(c, n_blocks, a, f).transpose(-1, -2),
+        pulses_t.view(c, n_blocks, a, bq),
+        out=buf(Buffer.TERM_SUMS_T, c, n_blocks, f, bq),
+    )
+    tile_sums = combine_terms(plan, terms, scales, term_sums_t, d, -2, buf(Buffer.TILE_SUMS, c, n_blocks, d, bq))
+    if block.tile_of_key_block is not None:  # blocks W apart share a physical tile: sum them before the readout
+        folded = buf(Buffer.FOLDED_TILE_SUMS, c, block.n_readouts, d, bq).zero_()
+        tile_sums = folded.index_add_(1, block.tile_of_key_block, tile_sums)
+    if plan.read_noise_output > 0:
+        tile_sums.add_(
+            torch.randn(tile_sums.shape, generator=noise_gen, dtype=tile_sums.dtype, device=tile_sums.device),
+            alpha=plan.read_noise_output,
+        )
+    # readout of each tile: clamp(A / A_sat, -1, 1), quantised; in units of one step until the digital sum
+    step = 1.0 if plan.out_levels is None else 2.0 / (plan.out_levels - 1)
+    scale = plan.inv_output_saturation / step
+    x = torch.mul(tile_sums, scale, out=buf(Buffer.READOUT, *tile_sums.shape)) if keep else tile_sums.mul_(scale)
+    x.clamp_(-1.0 / step, 1.0 / step)
+    if plan.out_levels is not None:
+        if plan.out_grid == "exact":
+            x.add_(1.0 / step).round_().sub_(1.0 / step)
+        else:
+            x.round_()
+    if block.tile_active is not None:
+        x.mul_(block.tile_active[None, :, None, :])
+    out = torch.sum(x, 1, out=buf(Buffer.OUTPUT, c, d, bq))
+    if step != 1.0:
+        out.mul_(step)
+    return ForwardState(
+        output=out,
+        query_pulses=q,
+        query_features=qf,
+        decayed_keys=zk,
+        key_features=kf,
+        scores_t=scores_t,
+        pulses_t=pulses_t,
+        decayed_values=zv,
+        value_features=vf,
+        tile_sums=tile_sums,
+        key_gain=key_gain,
+        value_gain=value_gain,
+    )
+
+
+def backward_block(
+    inputs: KernelInputs, chunk: HeadChunk, block: BlockGeometry, grad_t: Tensor, noise_gen: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq (c, bq, D), dyk (c, L, D), dyv (c, L, D)) of one block, recomputing its forward.
+
+    ``grad_t``: the gradient on the block's output, (c, D, bq).
+    """
+    plan, d = inputs.plan, inputs.head_dim
+    c, bq, n_slots, n_blocks, a = chunk.size, block.n_queries, block.n_key_slots, block.n_key_blocks, plan.array_size
+    buf = inputs.buffer
+    s = forward_block(inputs, chunk, block, noise_gen, keep=True)
+    # readout: straight-through quantiser, clamp gradient of each tile's saturation
+    tile_sums = s.tile_sums
+    grad_tiles = buf(Buffer.GRAD_TILE_SUMS, *tile_sums.shape)
+    torch.mul(tile_sums, plan.inv_output_saturation, out=grad_tiles)
+    grad_tiles.copy_((grad_tiles >= -1.0) & (grad_tiles <= 1.0)).mul_(grad_t[:, None] * plan.inv_output_saturation)
+    if block.tile_active is not None:
+        grad_tiles.mul_(block.tile_active[None, :, None, :])
+    grad_blocks = (
+        grad_tiles if block.tile_of_key_block is None else grad_tiles[:, block.tile_of_key_block]
+    )  # (c, n_blocks, D, bq)
+    terms = plan.backward_terms
+    fb = plan.feature_width(terms, d)
+    scales = query_scales(terms, block)
+    if terms is plan.forward_terms:
+        kfb, vfb = s.key_features, s.value_features
+    else:
+        kfb = key_features(
+            plan, terms, s.decayed_keys, block, buf(Buffer.BACKWARD_KEY_FEATURES, c, n_slots, fb), s.key_gain, None
+        )
+        vfb = key_features(
+            plan, terms, s.decayed_values, block, buf(Buffer.BACKWARD_VALUE_FEATURES, c, n_slots, fb), s.value_gain, None
+        )
+    grad_terms = extend_grad_to_terms(plan, terms, scales, grad_blocks, buf(Buffer.GRAD_TERM_SUMS, c, n_blocks, fb, bq))
+    # second array: M^T_b = Vf_b^T phi^T_b  ->  dphi^T_b = Vf_b dM^T_b,  dVf_b = phi^T_b dM^T_b^T
+    grad_pulses_t = torch.matmul(
+        vfb.view(c, n_blocks, a, fb), grad_terms, out=buf(Buffer.GRAD_PULSES_T, c, n_blocks, a, bq)
+    ).view(c, n_slots, bq)
+    grad_vf = torch.matmul(
+        s.pulses_t.view(c, n_blocks, a, bq),
+        grad_terms.transpose(-1, -2),
+        out=buf(Buffer.GRAD_VALUE_FEATURES, c, n_blocks, a, fb),
+    ).view(c, n_slots, fb)
+    slopes = key_features(
+        plan, terms, s.decayed_values, block, buf(Buffer.FEATURE_SLOPES, c, n_slots, fb), s.value_gain, None, derivative=True
+    )
+    dyv = reduce_grad_to_voltages(terms, grad_vf, slopes, d, buf(Buffer.GRAD_VALUES, c, n_slots, d))
+    # HardSigmoid clamp gradient and window, then the first array
+    scores_t = s.scores_t
+    grad_scores_t = grad_pulses_t.mul_((scores_t >= 0.0) & (scores_t <= 1.0)).mul_(plan.inv_score_saturation)
+    _apply_window_mask(block, grad_scores_t)
+    grad_qf = torch.matmul(grad_scores_t.transpose(-1, -2), kfb, out=buf(Buffer.GRAD_QUERY_FEATURES, c, bq, fb))
+    dq = combine_terms(plan, terms, scales, grad_qf, d, -1, buf(Buffer.GRAD_QUERIES, c, bq, d))
+    qfb = query_features(plan, terms, scales, s.query_pulses, buf(Buffer.BACKWARD_QUERY_FEATURES, c, bq, fb))
+    grad_kf = torch.matmul(grad_scores_t, qfb, out=buf(Buffer.GRAD_KEY_FEATURES, c, n_slots, fb))
+    slopes = key_features(
+        plan, terms, s.decayed_keys, block, buf(Buffer.FEATURE_SLOPES, c, n_slots, fb), s.key_gain, None, derivative=True
+    )
+    dyk = reduce_grad_to_voltages(terms, grad_kf, slopes, d, buf(Buffer.GRAD_KEYS, c, n_slots, d))
+    return dq, dyk, dyv
+
+
+def _scatter_keys(dst: Tensor, chunk: HeadChunk, block: BlockGeometry, rows: Tensor) -> None:
+    """dst[b, h, key] += rows[., slot] for the block's key slots; rows (c, L, D), dst (B, H, Tk, D)."""
+    rows4 = rows.view(chunk.n_batch, chunk.n_heads, block.n_key_slots, rows.shape[-1])
+    dst = chunk.of(dst)
+    if block.contiguous is not None:
+        row_begin, row_end, first_key = block.contiguous
+        dst[:, :, first_key : first_key + row_end - row_begin].add_(rows4[:, :, row_begin:row_end])
+    else:
+        dst.index_add_(2, block.key_index[block.holds_key], rows4[:, :, block.holds_key])
+
+
+# ---------------------------------------------------------------------------------------------------- autograd
+class AnalogAttentionFunction(torch.autograd.Function):
+    """Blocked forward; backward recomputes each block.  Inputs (B, H, T, D) of any strides and float dtype."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        plan: KernelPlan,
+        variation: tuple[Tensor, ...] | None,
+        dtype: torch.dtype,
+        noise_gen: torch.Generator | None,
+    ) -> Tensor:
+        noise_state = noise_gen.get_state() if noise_gen is not None else None
+        inputs = KernelInputs(plan, q, k, v, variation, dtype)
+        n_batch, n_heads, n_queries, d = q.shape
+        out = torch.empty(n_batch, n_heads, n_queries, d, dtype=dtype, device=q.device)
+        for block in geometries(plan, inputs.like):
+            for chunk in head_chunks(plan, n_batch, n_heads):
+                res = forward_block(inputs, chunk, block, noise_gen, keep=False).output  # (c, D, bq)
+                chunk.of(out)[:, :, block.query_begin : block.query_end] = res.view(
+                    chunk.n_batch, chunk.n_heads, d, -1
+                ).transpose(-1, -2)
+        ctx.save_for_backward(q, k, v)
+        ctx.extras = (plan, variation, dtype, noise_state)  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor):  # type: ignore[override]
+        q, k, v = ctx.saved_tensors  # type: ignore[attr-defined]
+        plan, variation, dtype, noise_state = ctx.extras  # type: ignore[attr-defined]
+        noise_gen = None
+        if noise_state is not None:  # replay the forward's read noise
+            noise_gen = torch.Generator(device=q.device)
+            noise_gen.set_state(noise_state)
+        inputs = KernelInputs(plan, q, k, v, variation, dtype)
+        n_batch, n_heads, _, d = q.shape
+        dq = torch.zeros(q.shape, dtype=dtype, device=q.device)
+        dk = torch.zeros(k.shape, dtype=dtype, device=q.device)
+        dv = torch.zeros(v.shape, dtype=dtype, device=q.device)
+        for block in geometries(plan, inputs.like):
+            queries = slice(block.query_begin, block.query_end)
+            for chunk in head_chunks(plan, n_batch, n_heads):
+                grad_t = inputs.buffer(Buffer.GRAD_OUTPUT, chunk.size, d, block.n_queries)
+                grad_t.view(chunk.n_batch, chunk.n_heads, d, block.n_queries).copy_(
+                    chunk.of(grad)[:, :, queries].transpose(-1, -2)
+                )
+                block_dq, block_dk, block_dv = backward_block(inputs, chunk, block, grad_t, noise_gen)
+                chunk.of(dq)[:, :, queries] = block_dq.view(chunk.n_batch, chunk.n_heads, block.n_queries, d)
+                _scatter_keys(dk, chunk, block, block_dk)
+                _scatter_keys(dv, chunk, block, block_dv)
+        # straight-through quantisers: the gradient passes where the input was inside the DAC range
+        dq.mul_((q >= 0.0) & (q <= 1.0))
+        if plan.kv_in_dac_domain:
+            dk.mul_((k >= 0.0) & (k <= plan.kv_max))
+            dv.mul_((v >= 0.0) & (v <= plan.kv_max))
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
