@@ -10,6 +10,7 @@ Nothing here imports the rest of the model integration (``gaincell.model``, ``ga
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from gaincell.config import PRESETS, HardwareConfig, HardwareConfigError
-from gaincell.errors import GaincellError
+from gaincell.families import AttentionLayer, attention_layers
 from gaincell.kernel import make_generator
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "attention_spec",
     "head_maps",
     "is_converted",
+    "layer_spec",
     "resolve_attention",
     "spec_to_dict",
 ]
@@ -114,9 +116,15 @@ class HeadMaps(nn.Module):
         self.out_bias = nn.Parameter(torch.zeros(n_heads))
         self.layer = layer
         self.spec: AttentionSpec = SoftmaxSpec()
+        self.model_window: int | None = None  # the model's own sliding window for this layer (see gaincell.families)
         self.recorder: dict[str, list[Tensor]] | None = None  # per-head running sums while recording statistics
         self.generator: torch.Generator | None = None  # noise stream of this layer (advances call to call)
         self.active_cache: Any = None  # the AnalogKVCache layer that just received this layer's new K and V
+
+    @property
+    def layer_spec(self) -> AttentionSpec:
+        """What this layer computes: the model's spec with the layer's own sliding window applied."""
+        return layer_spec(self.spec, self.model_window)
 
     def extra_repr(self) -> str:
         return f"layer={self.layer}, heads={self.q_scale.numel()}, kv_heads={self.k_scale.numel()}"
@@ -144,43 +152,22 @@ class HeadMaps(nn.Module):
             self.recorder[name] = stats  # type: ignore[assignment]
 
 
-@dataclass(frozen=True)
-class AttentionLayer:
-    index: int
-    module: nn.Module
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
+def layer_spec(spec: AttentionSpec, model_window: int | None) -> AttentionSpec:
+    """``spec`` for a layer whose model has its own sliding window ``model_window`` (None: a global layer).
+
+    The layer sees min(spec window, model window) keys: on the arrays, a ring of that many cells.
+    """
+    if model_window is None:
+        return spec
+    if isinstance(spec, SoftmaxSpec):
+        window = model_window if spec.window is None else min(spec.window, model_window)
+        return spec if window == spec.window else SoftmaxSpec(window)
+    return spec if spec.window <= model_window else _with_window(spec, model_window)
 
 
-_SUPPORTED = ("GPT2LMHeadModel", "LlamaForCausalLM")
-
-
-def _is(obj: Any, *class_names: str) -> bool:
-    """Class-name test that also sees through subclasses made by wrappers (FSDP2's ``FSDPGPT2LMHeadModel``)."""
-    return any(c.__name__ in class_names for c in type(obj).__mro__)
-
-
-def attention_layers(model: nn.Module) -> list[AttentionLayer]:
-    """The self-attention modules of a supported causal LM, in layer order."""
-    name = type(model).__name__
-    cfg = getattr(model, "config", None)
-    if cfg is None or not _is(model, *_SUPPORTED):
-        raise GaincellError(
-            f"model class {name} is not supported: gaincell converts {' and '.join(_SUPPORTED)} "
-            "(GPT-2 and Llama-family causal LMs: SmolLM, TinyLlama, ...)"
-        )
-    if getattr(cfg, "add_cross_attention", False):
-        raise GaincellError("GPT-2 models with cross-attention are not supported")
-    layers = []
-    for module in model.modules():
-        if _is(module, "GPT2Attention", "LlamaAttention") and not getattr(module, "is_cross_attention", False):
-            n_heads = getattr(module, "num_heads", None) or cfg.num_attention_heads
-            n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-            layers.append(AttentionLayer(int(module.layer_idx), module, int(n_heads), int(n_kv), int(module.head_dim)))
-    if not layers:
-        raise GaincellError(f"found no attention layers in {name}")
-    return sorted(layers, key=lambda a: a.index)
+@functools.lru_cache(maxsize=64)
+def _with_window(config: HardwareConfig, window: int) -> HardwareConfig:
+    return config.replace(window=window)
 
 
 def is_converted(model: nn.Module) -> bool:

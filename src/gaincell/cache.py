@@ -24,10 +24,12 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from gaincell.attention import attention_layers, attention_spec, head_maps
+from gaincell.attention import attention_layers, attention_spec, head_maps, layer_spec
 from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
-from gaincell.kernel import _mix, analog_attention, dac
+from gaincell.families import position_limit
+from gaincell.kernel import analog_attention
+from gaincell.noise import make_write_generator, write_voltages
 
 __all__ = ["AnalogKVCache"]
 
@@ -56,10 +58,15 @@ class AnalogCacheLayer(CacheLayerMixin):
         self.pending: tuple[Tensor, Tensor] | None = None
         self.last_refresh = 0.0
 
+    @property
+    def hardware(self) -> HardwareConfig:
+        """This layer's arrays: the cache's hardware with the layer's own sliding window (if shorter) applied."""
+        return self.cache.layer_hardware[self.index]
+
     # --------------------------------------------------------------- transformers Cache layer interface
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         b, hkv, _, d = key_states.shape
-        w = self.cache.hardware.window
+        w = self.hardware.window
         dtype = torch.float64 if key_states.dtype == torch.float64 else torch.float32
         self.yk = torch.zeros(b, hkv, w, d, dtype=dtype, device=key_states.device)
         self.yv = torch.zeros_like(self.yk)
@@ -121,16 +128,12 @@ class AnalogCacheLayer(CacheLayerMixin):
 
     # --------------------------------------------------------------- the analog arrays
     def now(self, step: int) -> float:
-        return step * self.cache.hardware.token_period + self.cache.idle
+        return step * self.hardware.token_period + self.cache.idle
 
     def _voltages(self, x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
         """DAC write of mapped K or V: clamp, quantise, offset; plus write noise (drawn once per written cell)."""
-        hw = self.cache.hardware
-        y = dac((x * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)).to(self.yk.dtype), 0.0, hw.kv_max, hw.kv_levels)  # type: ignore[union-attr]
-        if hw.write_noise > 0:
-            noise = torch.randn(y.shape, generator=self.cache.write_generator(y.device), dtype=y.dtype, device=y.device)
-            y = (y + hw.write_noise * noise).clamp(0.0, hw.kv_max)
-        return y - hw.kv_offset
+        x = (x * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)).to(self.yk.dtype)  # type: ignore[union-attr]
+        return write_voltages(x, self.hardware, self.cache.write_generator(x.device))
 
     def attend(self, maps: Any, query: Tensor, padding: Tensor | None) -> Tensor:
         """Write the pending tokens and read every query through the arrays; returns (B, H, Tq, D) before the out map."""
@@ -157,7 +160,7 @@ class AnalogCacheLayer(CacheLayerMixin):
 
     def _prefill(self, q: Tensor, yk: Tensor, yv: Tensor, real: Tensor, out: Tensor, maps: Any) -> None:
         """Empty cache, several tokens: the parallel kernel (it is what the arrays compute), then write the ring."""
-        hw = self.cache.hardware
+        hw = self.hardware
         g = self._groups(q.shape[1])
         starts = [int(r.nonzero()[0]) if bool(r.any()) else q.shape[2] for r in real]
         if len(set(starts)) == 1 and bool(real[:, starts[0] :].all()):
@@ -185,7 +188,7 @@ class AnalogCacheLayer(CacheLayerMixin):
             self.steps += 1
 
     def _write(self, yk: Tensor, yv: Tensor, real: Tensor, now: float) -> None:
-        w = self.cache.hardware.window
+        w = self.hardware.window
         rows = real.nonzero().flatten()
         if rows.numel() == 0:
             return
@@ -197,7 +200,7 @@ class AnalogCacheLayer(CacheLayerMixin):
 
     def _decayed(self, rows: Tensor, n: int, now: float) -> tuple[Tensor, Tensor]:
         """Stored voltages of ``rows``' first ``n`` slots as they read at time ``now``."""
-        tau = self.cache.hardware.retention_time
+        tau = self.hardware.retention_time
         yk = self.yk.index_select(0, rows)[:, :, :n]  # type: ignore[union-attr]
         yv = self.yv.index_select(0, rows)[:, :, :n]  # type: ignore[union-attr]
         if math.isinf(tau):
@@ -218,7 +221,7 @@ class AnalogCacheLayer(CacheLayerMixin):
         k = int((now - self.last_refresh) / period + 1e-9)
         if k < 1:
             return
-        simulate = min(k, (self.cache.hardware.kv_levels or 8) + 1)
+        simulate = min(k, (self.hardware.kv_levels or 8) + 1)
         start = self.last_refresh
         for i in range(1, simulate + 1):
             self._refresh(start + i * period)
@@ -232,7 +235,7 @@ class AnalogCacheLayer(CacheLayerMixin):
 
         ``rewrite=False``: the cells already sit on their fixed level, so only the leak restarts.
         """
-        hw = self.cache.hardware
+        hw = self.hardware
         rows = torch.arange(self.yk.shape[0], device=self.device)  # type: ignore[union-attr]
         n = min(int(self.written.max()), hw.window)  # type: ignore[union-attr]
         if n == 0:
@@ -243,16 +246,13 @@ class AnalogCacheLayer(CacheLayerMixin):
         if rewrite:
             yk, yv = self._decayed(rows, n, now)
             for src, dst in ((yk, self.yk), (yv, self.yv)):
-                v = dac(src + hw.kv_offset, 0.0, hw.kv_max, hw.kv_levels)
-                if hw.write_noise > 0:
-                    noise = torch.randn(v.shape, generator=self.cache.write_generator(v.device), dtype=v.dtype, device=v.device)
-                    v = (v + hw.write_noise * noise).clamp(0.0, hw.kv_max)
-                dst[:, :, :n] = torch.where(valid[:, None, :, None], v - hw.kv_offset, dst[:, :, :n])  # type: ignore[index]
+                y = write_voltages(src + hw.kv_offset, hw, self.cache.write_generator(src.device))
+                dst[:, :, :n] = torch.where(valid[:, None, :, None], y, dst[:, :, :n])  # type: ignore[index]
         self.t_write[:, :n] = torch.where(valid, torch.full_like(self.t_write[:, :n], now), self.t_write[:, :n])  # type: ignore[index]
         return cells
 
     def _decode_one(self, q: Tensor, yk: Tensor, yv: Tensor, real: Tensor, out: Tensor, maps: Any) -> None:
-        hw = self.cache.hardware
+        hw = self.hardware
         now = self.now(self.steps)
         if self.cache.refresh_period is not None:
             self._refresh_until(now)
@@ -308,6 +308,7 @@ class AnalogKVCache(Cache):
             raise GaincellError("refresh_period is only used with refresh='periodic'")
         self.hardware = spec
         self.maps = {m.layer: m for m in head_maps(model)}
+        self.layer_hardware = {i: layer_spec(spec, m.model_window) for i, m in self.maps.items()}
         self.n_layers = len(attention_layers(model))
         self.refresh_period = refresh_period if refresh == "periodic" else None
         self.refresh_writes = 0
@@ -329,7 +330,7 @@ class AnalogKVCache(Cache):
 
     def write_generator(self, device: torch.device) -> torch.Generator:
         if self._gen is None:
-            self._gen = torch.Generator(device=device).manual_seed(_mix(self.hardware.seed, 0xCAC7E))
+            self._gen = make_write_generator(self.hardware, device)
         return self._gen
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -344,8 +345,8 @@ def install_default_cache(model: nn.Module) -> None:
     """
     from transformers.cache_utils import DynamicCache
 
-    inner = getattr(model, "transformer", None) or getattr(model, "model", None)
-    if inner is None or getattr(inner, "_gaincell_hook", None) is not None:
+    inner = model.get_decoder()  # the module the causal LM calls, where the cache is made: LlamaModel, OPTDecoder, ...
+    if getattr(inner, "_gaincell_hook", None) is not None:
         return
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -363,7 +364,7 @@ def install_default_cache(model: nn.Module) -> None:
         if use_cache and inference and fresh and isinstance(spec, HardwareConfig):
             cache = AnalogKVCache(model)
             kwargs[key] = cache
-        n_pos = getattr(model.config, "n_positions", None)
+        n_pos = position_limit(model)
         pos = kwargs.get("position_ids")
         if n_pos is not None:
             seen = cache.get_seq_length() if cache is not None else 0

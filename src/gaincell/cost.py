@@ -167,7 +167,7 @@ def _shape_from_config(name: str, cfg: Any) -> ModelShape:
     layers = getattr(cfg, "n_layer", None) or cfg.num_hidden_layers
     heads = getattr(cfg, "n_head", None) or cfg.num_attention_heads
     width = getattr(cfg, "n_embd", None) or cfg.hidden_size
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    kv = 1 if getattr(cfg, "multi_query", False) else getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or width // heads
     return ModelShape(name, int(layers), int(heads), int(kv), int(head_dim))
 

@@ -33,6 +33,7 @@ __all__ = [
     "prepare_tokens",
     "shakespeare_plays",
     "subvocab_tokenizer",
+    "text_token_ids",
     "tokenize",
 ]
 
@@ -344,3 +345,19 @@ class _LazyTokens:
         import numpy as np
 
         return torch.from_numpy(np.asarray(self.arr[key], dtype=np.int64))
+
+
+def text_token_ids(spec: str, tokenizer: Any) -> Any:
+    """Token ids of a text spec (file, folder, ``shakespeare:SPLIT``, ``hf:NAME:SPLIT``) or of a ``.bin`` token file
+    written by ``gaincell prepare`` (memory-mapped; its ids are checked against the tokenizer's vocabulary)."""
+    if spec.endswith(".bin"):
+        ids = load_tokens(spec)
+        if len(tokenizer) > 0 and ids.numel() and int(ids[: min(ids.numel(), 1 << 20)].max()) >= len(tokenizer):
+            raise GaincellError(
+                f"{spec} holds token ids beyond this model's vocabulary ({len(tokenizer)}): prepared with another tokenizer?"
+            )
+        return ids
+    ids = tokenize(tokenizer, load_text(spec))
+    if ids.numel() == 0:
+        raise GaincellError(f"text {spec!r} has no tokens")
+    return ids

@@ -1,4 +1,5 @@
-"""Model integration: convert any Hugging Face causal LM (GPT-2, Llama family) to gain-cell attention.
+"""Model integration: convert a Hugging Face decoder-only causal LM of any family (see :mod:`gaincell.families`)
+to gain-cell attention.
 
 ``convert(model, "paper")`` registers a ``gaincell`` attention function *and* its mask function with transformers
 (so causal masking is never silently dropped), gives every attention layer per-head affine maps (a, b) on q, k, v
@@ -66,7 +67,12 @@ def gaincell_attention(
 ) -> tuple[Tensor, None]:
     """The attention function registered with transformers as ``gaincell``; returns (B, Tq, H, D)."""
     maps: HeadMaps = module.gaincell  # type: ignore[assignment]
-    spec = maps.spec
+    spec = maps.layer_spec  # the layer's own sliding window, if any, applied
+    if query.shape[1] != maps.q_scale.numel() or key.shape[1] != maps.k_scale.numel():
+        raise GaincellError(
+            f"layer {maps.layer} was converted for {maps.q_scale.numel()} query / {maps.k_scale.numel()} key-value heads, "
+            f"got {query.shape[1]} / {key.shape[1]}"
+        )
     if maps.active_cache is not None:  # decoding through the simulated analog KV cache
         layer, maps.active_cache = maps.active_cache, None
         if attention_mask is not None and attention_mask.dim() != 2:
@@ -79,10 +85,14 @@ def gaincell_attention(
     padding = _padding_mask(attention_mask, query, key)
     if isinstance(spec, SoftmaxSpec):
         k, v = _repeat_kv(key, groups), _repeat_kv(value, groups)
-        out = _per_sequence(
-            padding, query, k, v, lambda q_, k_, v_, start: softmax_attention(q_, k_, v_, window=spec.window, scale=scaling)
-        )
-        return out.transpose(1, 2), None
+        softcap = kwargs.get("softcap")
+
+        def baseline(q_: Tensor, k_: Tensor, v_: Tensor, start: int) -> Tensor:
+            if softcap:
+                return softcapped_softmax_attention(q_, k_, v_, window=spec.window, scale=scaling, softcap=softcap)
+            return softmax_attention(q_, k_, v_, window=spec.window, scale=scaling)
+
+        return _per_sequence(padding, query, k, v, baseline).transpose(1, 2), None
     q = maps.apply(query, maps.q_scale, maps.q_bias)
     k = maps.apply(key, maps.k_scale, maps.k_bias)
     v = maps.apply(value, maps.v_scale, maps.v_bias)
@@ -98,6 +108,23 @@ def gaincell_attention(
     out = maps.apply(out, maps.out_scale, maps.out_bias)
     maps.record("out", out)
     return out.transpose(1, 2), None
+
+
+def softcapped_softmax_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, window: int | None, scale: float | None, softcap: float
+) -> Tensor:
+    """Causal (sliding-window) softmax attention with the scores capped as ``softcap * tanh(s / softcap)`` (Gemma 2),
+    materialised (the baseline only).  Queries are the last Tq of the Tk keys."""
+    tq, tk = q.shape[2], k.shape[2]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    scores = torch.tanh(scores / softcap) * softcap
+    qpos = torch.arange(tk - tq, tk, device=q.device)[:, None]
+    kpos = torch.arange(tk, device=q.device)[None, :]
+    allowed = kpos <= qpos
+    if window is not None:
+        allowed &= kpos > qpos - window
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.matmul(torch.softmax(scores.float(), -1).to(v.dtype), v)
 
 
 def _padding_mask(mask: Tensor | None, query: Tensor, key: Tensor) -> Tensor | None:
@@ -132,10 +159,11 @@ def _per_sequence(padding: Tensor | None, q: Tensor, k: Tensor, v: Tensor, fn: A
     return out
 
 
-def _is_plain_causal(mask_function: Any, batch: int, q_length: int, kv_length: int, q_offset: Any, kv_offset: Any) -> bool:
-    """Is ``mask_function`` the plain causal mask?  transformers' own function is recognised at once; anything else
-    (under torch.compile transformers wraps it with a packed-sequence mask it cannot check while tracing) is
-    evaluated on the whole (batch, query, key) grid and compared with the causal pattern."""
+def _is_causal(mask_function: Any, batch: int, q_length: int, kv_length: int, q_offset: Any, kv_offset: Any) -> bool:
+    """Is ``mask_function`` the causal mask, possibly with a sliding window (which the attention function applies
+    itself, from the layer's spec)?  transformers' own causal function is recognised at once; anything else (a sliding
+    window overlay, or under torch.compile a packed-sequence wrapper that cannot be checked while tracing) is evaluated
+    on the whole (batch, query, key) grid and compared with the causal pattern of the same window."""
     from transformers.masking_utils import causal_mask_function
 
     if mask_function is None or mask_function is causal_mask_function:
@@ -143,14 +171,15 @@ def _is_plain_causal(mask_function: Any, batch: int, q_length: int, kv_length: i
     h = torch.zeros(1, dtype=torch.long)[None, :, None, None]
     q = (torch.arange(q_length) + int(q_offset))[None, None, :, None]
     kv = (torch.arange(kv_length) + int(kv_offset))[None, None, None, :]
-    want = (kv <= q).expand(1, 1, q_length, kv_length)
+    causal = (kv <= q).expand(1, 1, q_length, kv_length)
     for row in range(batch):  # one sequence at a time: memory Q x KV, not B x Q x KV
         b = torch.full((1, 1, 1, 1), row, dtype=torch.long)
         try:
-            got = torch.as_tensor(mask_function(b, h, q, kv)).cpu().bool()
-        except Exception:  # a mask that cannot be evaluated this way is not the plain causal one
+            got = torch.as_tensor(mask_function(b, h, q, kv)).cpu().bool().expand(1, 1, q_length, kv_length)
+        except Exception:  # a mask that cannot be evaluated this way is not a causal one
             return False
-        if not torch.equal(got.expand(1, 1, q_length, kv_length), want):
+        window = int(got.sum(-1).max())  # the widest row: the window, if the mask is a sliding one
+        if window == 0 or not torch.equal(got, causal & (kv > q - window)):
             return False
     return True
 
@@ -168,13 +197,14 @@ def gaincell_mask(
 ) -> Tensor | None:
     """The mask function registered with transformers as ``gaincell``.
 
-    The analog kernel applies causality and its window itself, so this returns only the 2-D padding mask (or None
-    when nothing is padded).  Any mask other than the plain causal one (packed sequences, custom overlays) is refused
-    rather than silently dropped.
+    The attention function applies causality and the window (the layer's own sliding window included) itself, so
+    this returns only the 2-D padding mask (or None when nothing is padded).  Any mask other than a causal one with or
+    without a sliding window (packed sequences, custom overlays) is refused rather than silently dropped.
     """
-    if not _is_plain_causal(mask_function, batch_size, q_length, kv_length, q_offset, kv_offset):
+    if not _is_causal(mask_function, batch_size, q_length, kv_length, q_offset, kv_offset):
         raise GaincellError(
-            f"gaincell attention supports plain causal masks only (no packed sequences or custom mask functions), got {mask_function!r}"
+            "gaincell attention supports plain causal masks only, with or without a sliding window (no packed sequences "
+            f"or custom mask functions), got {mask_function!r}"
         )
     if attention_mask is None:
         return None
@@ -195,7 +225,9 @@ def convert(model: nn.Module, config: AttentionSpec | str | Path | dict[str, Any
     """Turn a Hugging Face causal LM into its gain-cell (or softmax-baseline) version, in place; returns it.
 
     Args:
-        model: a ``GPT2LMHeadModel`` or ``LlamaForCausalLM`` (converted or not).
+        model: a decoder-only causal LM whose attention goes through the transformers attention interface
+            (GPT-2, Llama, Qwen, Mistral, Gemma, Phi, GPT-NeoX, OPT, OLMo, GPT-J, GPT-BigCode, StableLM, SmolLM3, ...;
+            see :mod:`gaincell.families`), converted or not.  Anything else is refused with the reason, unchanged.
         config: a :class:`HardwareConfig`, a preset name (``paper``, ``paper-linear``, ...), ``softmax``,
             ``softmax-window``/``softmax:W``, or a YAML/JSON hardware file.
 
@@ -212,6 +244,7 @@ def convert(model: nn.Module, config: AttentionSpec | str | Path | dict[str, Any
             maps = HeadMaps(layer.n_heads, layer.n_kv_heads, layer.index, kv_offset).to(device=param.device, dtype=param.dtype)
             layer.module.gaincell = maps
         maps.spec = spec
+        maps.model_window = layer.model_window
         maps.layer = layer.index
         for p in maps.parameters():  # the maps only exist in the analog arrays; softmax leaves them untouched
             p.requires_grad_(isinstance(spec, HardwareConfig))

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from gaincell.cli.common import load_model, print_result, text_ids
+from gaincell.cli.common import load_model, print_result
+from gaincell.data import text_token_ids
 
 
 # ---------------------------------------------------------------------------------------------------- init
@@ -75,8 +76,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     teacher = load_model(args.teacher, device=args.device)[0] if args.teacher else None
     summary = finetune(
         model,
-        text_ids(args.train, tok),
-        text_ids(args.val, tok) if args.val else None,
+        text_token_ids(args.train, tok),
+        text_token_ids(args.val, tok) if args.val else None,
         cfg,
         args.out,
         teacher=teacher,
@@ -123,8 +124,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from gaincell.train import sample_batch
 
     model, tok = load_model(args.model)
-    batch, _ = sample_batch(text_ids(args.calib, tok), args.calib_batch, args.calib_context, args.seed)
-    eval_ids = text_ids(args.eval, tok) if args.eval else None
+    batch, _ = sample_batch(text_token_ids(args.calib, tok), args.calib_batch, args.calib_context, args.seed)
+    eval_ids = text_token_ids(args.eval, tok) if args.eval else None
     report: dict[str, Any] = {"model": args.model, "hardware": args.hardware}
     targets, _ = head_statistics(model, batch)
     if eval_ids is not None:
@@ -192,7 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gaincell.evaluate import perplexity
 
     model, tok = load_model(args.model, args.hardware, args.device)
-    ids = text_ids(args.text, tok)
+    ids = text_token_ids(args.text, tok)
     res = perplexity(model, ids, context=args.context, stride=args.stride, batch_size=args.batch_size, progress=not args.quiet)
     spec = attention_spec(model)
     res.update(model=args.model, text=args.text, attention=None if spec is None else getattr(spec, "name", str(spec)))
@@ -250,7 +251,7 @@ def cmd_package(args: argparse.Namespace) -> int:
     entry = package_model(
         model,
         tok,
-        text_ids(args.heldout, tok),
+        text_token_ids(args.heldout, tok),
         name=args.name,
         source=Path(args.model),
         role=args.role,
