@@ -52,7 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/kernel.py
 
 clean:
-	rm -rf $(VENV) gaincell-out .pytest_cache .ruff_cache
+	rm -rf $(VENV) gaincell-out .pytest_cache .ruff_cache site
 
 # Re-train the shipped reference models from scratch (about 45 minutes on 2 CPU cores); see recipes/shakespeare.sh
 models: $(STAMP)

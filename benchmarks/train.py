@@ -13,7 +13,7 @@ import time
 import torch
 
 from gaincell.hub import load
-from gaincell.train import TrainConfig, _loss, _param_groups, sample_batch
+from gaincell.train import TrainConfig, param_groups, sample_batch, training_loss
 
 
 def step_time(name: str, compiled: bool, device: str, steps: int, batch: int) -> tuple[float, float, float]:
@@ -21,7 +21,7 @@ def step_time(name: str, compiled: bool, device: str, steps: int, batch: int) ->
     model = load(name, device=device).train()
     cfg = TrainConfig(batch_size=batch, context=128)
     run = torch.compile(model) if compiled else model
-    opt = torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-4)
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (100_000,))
     first = None
     t0 = time.perf_counter()
@@ -29,7 +29,7 @@ def step_time(name: str, compiled: bool, device: str, steps: int, batch: int) ->
     for i in range(steps):
         x, y = sample_batch(ids, batch, 128, i)
         t = time.perf_counter()
-        loss = _loss(run, x.to(device), y.to(device), None, cfg)
+        loss = training_loss(run, x.to(device), y.to(device), None, cfg)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

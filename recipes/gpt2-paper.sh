@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's two-stage GPT-2 (124M) recipe (Leroux et al. 2025; hyper-parameters from the published configs,
-# shared/docs/paper.md section 2.5):  GPT-2 -> linear hardware fine-tune -> adaptation -> nonlinear fine-tune,
+# docs/bibliography.md, the published code [C]):  GPT-2 -> linear hardware fine-tune -> adaptation -> nonlinear fine-tune,
 # then lm-evaluation-harness on the paper's tasks.
 #
 # Data: OpenWebText (hf:Skylion007/openwebtext), GPT-2 BPE, context 1024, global batch 1920 x 1024 tokens,

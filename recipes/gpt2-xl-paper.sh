@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's GPT-2 XL (1.5B) recipe: init gpt2-xl, linear hardware, batch 1 x 480 accumulation (~0.49M tokens per
 # iteration), lr 6e-4; evaluated checkpoints suggest 10,000 linear + 1,000 nonlinear iterations
-# (shared/docs/paper.md section 2.5; the published XL config sets no quantisation or decay, the paper's results use them).
+# (docs/bibliography.md, the published code [C]; the published XL config sets no quantisation or decay, the paper's results use them).
 #
 # Expected cost (not reported by the paper; estimated): 11,000 x 0.49M = 5.4B tokens through a 1.5B model is
 # ~6 x 1.5e9 x 5.4e9 = 4.9e19 FLOPs for the digital layers, plus the simulated arrays (on GPT-2 small the analog

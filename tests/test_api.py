@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+
 import torch
 
 import gaincell
 
 
 def test_public_names():
+    assert len(set(gaincell.__all__)) == len(gaincell.__all__)
+    assert {"HardwareConfig", "analog_attention", "convert", "adapt", "load", "save", "AnalogKVCache"} <= set(gaincell.__all__)
     for name in gaincell.__all__:
-        assert getattr(gaincell, name) is not None, name
+        obj = getattr(gaincell, name)  # AttributeError for a listed name the package lacks
+        assert obj is not None, name
+        if callable(obj):  # each function or class is the very object its defining gaincell module holds
+            assert obj.__module__.startswith("gaincell."), name
+            assert getattr(importlib.import_module(obj.__module__), obj.__qualname__) is obj, name
+    assert gaincell.__version__ == importlib.metadata.version("gaincell")
+    assert isinstance(gaincell.PRESETS, dict) and "paper" in gaincell.PRESETS
     assert callable(gaincell.adapt) and callable(gaincell.convert) and callable(gaincell.load)
     from gaincell.cache import AnalogKVCache
 

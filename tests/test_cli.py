@@ -65,6 +65,7 @@ def test_unknown_preset_and_debug(capsys):
         main(["--debug", "hardware", "show", "no-such-preset"])
 
 
+@pytest.mark.slow
 def test_console_script_exit_code():
     res = subprocess.run([sys.executable, "-m", "gaincell", "hardware", "show", "nope"], capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.startswith("gaincell: error:")

@@ -14,15 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from gaincell.commands import new_model
 from gaincell.data import shakespeare_plays, subvocab_tokenizer
+from gaincell.factory import new_model
 from gaincell.hub import save
 from gaincell.model import convert
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-    reason="torchrun not installed",
-)
+pytestmark = [
+    pytest.mark.slow,  # every test here runs torchrun jobs
+    pytest.mark.skipif(
+        shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+        reason="torchrun not installed",
+    ),
+]
 
 
 def _torchrun() -> str:

@@ -18,6 +18,8 @@ from gaincell.hub import load, save
 from gaincell.model import convert
 from helpers import drive_arrays
 
+pytestmark = pytest.mark.slow  # ~18 families x 8 checks: minutes on 2 cores (GPT-2 and Llama stay in the fast tier elsewhere)
+
 V = 61
 SAT = {"score_saturation": 8.0, "output_saturation": 4.0}
 COMMON = {"vocab_size": V, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}

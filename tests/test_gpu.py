@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import drive_arrays
 from gaincell import HardwareConfig, analog_attention
 from gaincell.model import convert
+from helpers import drive_arrays
 
 # GAINCELL_TEST_DEVICE=cpu runs these tests CPU-against-CPU: a check of the tests themselves where there is no GPU
 DEVICE = os.environ.get("GAINCELL_TEST_DEVICE", "cuda")

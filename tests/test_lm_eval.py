@@ -15,9 +15,9 @@ import torch
 lm_eval = pytest.importorskip("lm_eval")
 
 from gaincell.cli import main  # noqa: E402
-from gaincell.commands import new_model  # noqa: E402
 from gaincell.data import shakespeare_plays, subvocab_tokenizer  # noqa: E402
-from gaincell.hub import load, save  # noqa: E402
+from gaincell.factory import new_model  # noqa: E402
+from gaincell.hub import load, load_tokenizer, save  # noqa: E402
 from gaincell.model import convert  # noqa: E402
 
 EVALDATA = Path(__file__).parent.parent / "src" / "gaincell" / "evaldata"
@@ -58,6 +58,7 @@ def setup(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_simple_evaluate_with_the_gaincell_model_type(setup):
     from lm_eval.tasks import TaskManager
 
@@ -75,6 +76,34 @@ def test_simple_evaluate_with_the_gaincell_model_type(setup):
     assert 0 <= r["t_mc"]["acc,none"] <= 1 and r["t_mc"]["alias"] == "t_mc"
     assert r["t_roll"]["word_perplexity,none"] > 1
     assert 0 <= r["t_gen"]["exact_match,none"] <= 1
+    # the accuracy is the one the model's own log-likelihoods give on the same six items, scored here without lm-eval
+    model, tok = load(setup / "m", attention="paper-linear"), load_tokenizer(setup / "m")
+    samples = res["samples"]["t_mc"]
+    assert len(samples) == 6
+    correct = []
+    for sample in samples:
+        scores = [continuation_loglikelihood(model, tok, context, cont) for context, cont in sample["arguments"]]
+        logged = [choice_resps[0][0] for choice_resps in sample["resps"]]  # one (loglikelihood, is_greedy) per choice
+        assert logged == pytest.approx(scores, rel=1e-4, abs=1e-4)
+        correct.append(max(range(len(scores)), key=scores.__getitem__) == int(sample["target"]))
+    assert r["t_mc"]["acc,none"] == pytest.approx(sum(correct) / len(correct))
+    # exact match is the share of generations equal to their target
+    gens = res["samples"]["t_gen"]
+    assert r["t_gen"]["exact_match,none"] == pytest.approx(sum(s["filtered_resps"][0] == s["target"] for s in gens) / len(gens))
+
+
+def continuation_loglikelihood(model, tok, context: str, continuation: str) -> float:
+    """log p(continuation | context) summed over its tokens, computed directly from the model's logits.
+
+    Tokenised as a causal LM evaluator does: the whole text at once, the continuation being what follows the
+    context's tokens; only the last n_positions + 1 tokens are kept (left truncation)."""
+    ctx_ids = tok(context, add_special_tokens=False)["input_ids"]
+    cont_ids = tok(context + continuation, add_special_tokens=False)["input_ids"][len(ctx_ids) :]
+    ids = (ctx_ids + cont_ids)[-(model.config.n_positions + 1) :]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids[:-1]]), use_cache=False).logits[0].double(), -1)
+    n = len(ids) - 1
+    return sum(float(logp[n - len(cont_ids) + i, t]) for i, t in enumerate(cont_ids))
 
 
 def test_loglikelihood_matches_the_model_and_rolling_covers_every_token(setup):
@@ -101,6 +130,7 @@ def test_loglikelihood_matches_the_model_and_rolling_covers_every_token(setup):
     assert math.isfinite(total) and total < 0
 
 
+@pytest.mark.slow
 def test_bench_command_writes_a_table(setup, tmp_path, capsys):
     assert (
         main(
@@ -123,11 +153,14 @@ def test_bench_command_writes_a_table(setup, tmp_path, capsys):
     md = (tmp_path / "bench.md").read_text()
     assert "gaincell_physical_intuition" in md and "avg acc" in md
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert data["rows"][0]["results"]["gaincell_physical_intuition"]["acc,none"] >= 0
+    acc = data["rows"][0]["results"]["gaincell_physical_intuition"]["acc,none"]
+    assert acc >= 0
+    assert acc <= 1 and acc * 4 == round(acc * 4)  # a share of the 4 items that --limit 4 keeps
     assert main(["bench", "--models", str(setup / "m"), "--tasks", "no_such_task", "--out", str(tmp_path)]) == 2
     assert "unknown lm-eval task" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_lm_eval_cli_passthrough(setup):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(
@@ -163,6 +196,7 @@ def _lm_eval_command() -> Path:
     return exe
 
 
+@pytest.mark.slow
 def test_bare_lm_eval_command_finds_the_gaincell_model_type(setup):
     """`lm_eval --model gaincell` itself: the installed gaincell_lm_eval.pth registers the type when lm-eval loads."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -178,6 +212,7 @@ def test_bare_lm_eval_command_finds_the_gaincell_model_type(setup):
     assert "no model for this name found" in res.stderr
 
 
+@pytest.mark.slow
 def test_the_start_up_hook_imports_nothing_heavy_and_registers_lazily():
     code = (
         "import sys\n"

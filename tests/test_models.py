@@ -11,18 +11,18 @@ import torch
 from transformers import GPT2LMHeadModel
 
 import gaincell
-from conftest import drive_arrays, tiny_llama
 from gaincell import HardwareConfig
 from gaincell.adapt import adapt, head_statistics
 from gaincell.attention import attention_spec, head_maps
 from gaincell.cli import main
-from gaincell.commands import new_model
 from gaincell.data import shakespeare_plays, subvocab_tokenizer, tokenize
 from gaincell.errors import GaincellError
 from gaincell.evaluate import perplexity
+from gaincell.factory import new_model
 from gaincell.hub import load, load_tokenizer, save
 from gaincell.model import convert
 from gaincell.train import TrainConfig, finetune
+from helpers import drive_arrays, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +222,7 @@ def test_finetune_lowers_loss_on_the_hardware(tmp_path, text, tok):
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C compiler")
+@pytest.mark.slow
 def test_compiled_training_gives_the_eager_curve(tmp_path, text, tok):
     """--compile: the digital layers compiled (inductor), the analog attention and mask eager; same losses."""
     ids = tokenize(tok, [text[0]])

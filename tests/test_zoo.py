@@ -32,6 +32,7 @@ def test_shipped_models_load_by_name_with_their_attention():
     assert nonlinear.cell == "nonlinear" and nonlinear.name == "paper"
 
 
+@pytest.mark.slow
 def test_demo_reproduces_the_table_1_targets(tmp_path):
     """The full demo on the held-out plays: the targets of the model issue hold for the shipped models."""
     assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
