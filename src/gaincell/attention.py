@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from gaincell.config import PRESETS, HardwareConfig, HardwareConfigError
 from gaincell.families import AttentionLayer, attention_layers
-from gaincell.kernel import make_generator
+from gaincell.noise import make_generator
 
 __all__ = [
     "ATTN_NAME",

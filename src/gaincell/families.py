@@ -169,32 +169,35 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def refusal(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be converted (one sentence naming the class), or None when it can.  Nothing is changed."""
-    name = type(model).__name__
+    """Why ``model`` cannot be converted (one sentence naming its class), or None when it can.  Nothing is changed."""
+    why = _why_not(model, _attention_modules(model))
+    return None if why is None else f"model class {type(model).__name__} is not supported: {why}"
+
+
+def _why_not(model: nn.Module, modules: list[nn.Module]) -> str | None:
     cfg = getattr(model, "config", None)
     model_type = getattr(cfg, "model_type", "")
     if cfg is None or not hasattr(model, "base_model"):
-        return f"{name} is not a Hugging Face model (it has no config)"
+        return "it is not a Hugging Face model (it has no config)"
     if getattr(cfg, "is_encoder_decoder", False):
-        return f"{name} is an encoder-decoder model: its cross-attention reads a second stream the arrays do not hold"
+        return "it is an encoder-decoder model: its cross-attention reads a second stream the arrays do not hold"
     if getattr(cfg, "add_cross_attention", False):
-        return f"{name} has cross-attention layers: the arrays hold one causal stream of keys"
+        return "it has cross-attention layers: the arrays hold one causal stream of keys"
     if model_type in _ALIBI_TYPES or getattr(cfg, "alibi", False):
-        return f"{name}: {_ALIBI}"
+        return _ALIBI
     if getattr(cfg, "kv_lora_rank", None):
         return (
-            f"{name} uses multi-head latent attention: K and V are decompressed from a shared latent at every step, "
+            "it uses multi-head latent attention: K and V are decompressed from a shared latent at every step, "
             "not written per head into cells"
         )
     if model_type in _RECURRENT_TYPES:
-        return f"{name} is a state-space / recurrent model: it has no softmax attention to replace"
-    modules = _attention_modules(model)
+        return "it is a state-space / recurrent model: it has no softmax attention to replace"
     if not modules:
-        return f"{name} has no self-attention modules gaincell recognises (decoder-only causal LMs with attention)"
+        return "it has no self-attention modules gaincell recognises (decoder-only causal LMs with attention)"
     own = sorted({type(m).__name__ for m in modules if not _uses_interface(type(m))})
     if own:
         return (
-            f"{name} computes attention in its own code ({', '.join(own)}), not through the transformers attention "
+            f"it computes attention in its own code ({', '.join(own)}), not through the transformers attention "
             "interface gaincell plugs into"
         )
     return None
@@ -232,12 +235,13 @@ def _model_window(module: nn.Module, cfg: Any) -> int | None:
 
 def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """The self-attention modules of a convertible causal LM, in layer order; raises with the reason otherwise."""
-    reason = refusal(model)
-    if reason is not None:
-        raise GaincellError(f"model class {type(model).__name__} is not supported: {reason}")
+    modules = _attention_modules(model)
+    why = _why_not(model, modules)
+    if why is not None:
+        raise GaincellError(f"model class {type(model).__name__} is not supported: {why}")
     cfg = model.config
     layers = []
-    for module in _attention_modules(model):
+    for module in modules:
         if getattr(module, "is_cross_attention", False):
             continue
         n_heads, n_kv, head_dim = _head_counts(module, cfg)

@@ -26,7 +26,7 @@ from gaincell.cache import AnalogKVCache
 from gaincell.config import HardwareConfig
 from gaincell.cost import COMPONENTS, analog_cost, model_shape_of
 from gaincell.errors import GaincellError
-from gaincell.kernel import make_generator
+from gaincell.noise import make_generator
 
 __all__ = [
     "IGZO_TAU",

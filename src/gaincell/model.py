@@ -32,7 +32,8 @@ from gaincell.attention import (
 from gaincell.cache import install_default_cache
 from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
-from gaincell.kernel import analog_attention, make_generator, softmax_attention
+from gaincell.kernel import analog_attention, softmax_attention
+from gaincell.noise import make_generator
 
 # attention_spec, head_maps, is_converted, resolve_attention live in gaincell.attention; re-exported for convenience
 __all__ = [
