@@ -17,4 +17,5 @@ $PY benchmarks/kernel.py --device cuda --repeats 10 --lengths 1024 4096 16384 --
 $PY benchmarks/model.py --device cuda --repeats 10 2>&1 | tee "$OUT/model.txt" || status=1
 $PY benchmarks/train.py --device cuda --steps 20 2>&1 | tee "$OUT/train.txt" || status=1
 $PY -m gaincell bench-gpu 2>&1 | tee "$OUT/bench_gpu.txt" || status=1
+$PY -m gaincell bench-gpu --method corrected 2>&1 | tee -a "$OUT/bench_gpu.txt" || status=1
 exit $status

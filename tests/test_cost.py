@@ -146,3 +146,151 @@ def test_bit_widths_array_size_and_pulse_width_scale():
     assert small["latency_per_token_s"] == pytest.approx(base["latency_per_token_s"] + COMPONENTS["t_add"].value)
     fast = analog_cost(PAPER.replace(max_pulse_width=5e-9), GPT2)
     assert fast["latency_per_token_s"] == pytest.approx(base["latency_per_token_s"] - 20e-9)
+
+
+# ---------------------------------------------------------------------------------------------------- provenance (issue 12)
+def test_every_gpu_entry_has_a_kind_and_a_source():
+    res = compare(PAPER, GPT2)
+    assert {g["kind"] for g in res["gpus"].values()} == {"measured", "paper-ratio", "roofline"}
+    for name, g in res["gpus"].items():
+        assert g["kind"] in {"measured", "paper-ratio", "roofline"}, name
+        assert g["source"], name
+    assert res["gpus"]["h100-paper"]["kind"] == "paper-ratio"  # computed back from the paper's ratios: not a measurement
+    assert "fp32" in res["gpus"]["rtx4090-measured"]["source"] and "batch 64" in res["gpus"]["rtx4090-measured"]["source"]
+    assert "KV bytes" in res["gpus"]["h100"]["source"]  # the roofline states its formula
+
+
+def test_every_constant_has_a_status_and_every_assumed_one_a_range():
+    from gaincell.cost import ASSUMPTIONS, CostAssumptions, constants_table
+
+    rows = constants_table()
+    assert {r["status"] for r in rows} == {"published", "derived", "assumed"}
+    for r in rows:
+        assert r["source"] and r["unit"], r["name"]
+        if r["status"] == "assumed":
+            assert r["low"] is not None and r["high"] is not None and r["low"] != r["high"], r["name"]
+            CostAssumptions(**{r["name"]: r["low"]})  # both ends of every range are valid assumptions
+            CostAssumptions(**{r["name"]: r["high"]})
+    assert set(ASSUMPTIONS) == {f.name for f in __import__("dataclasses").fields(CostAssumptions)}
+
+
+@pytest.mark.parametrize("reading", ["cells", "crossbars"])
+def test_both_area_readings_keep_the_design_point_exact(reading):
+    from gaincell.cost import CostAssumptions
+
+    assumptions = CostAssumptions(area_reading=reading)
+    r = analog_cost(PAPER, GPT2, assumptions=assumptions)
+    assert r["area_per_head_mm2"] == pytest.approx(0.5, rel=1e-12)
+    assert r["energy_per_token_per_head_j"] == pytest.approx(6.15e-9, rel=1e-12)
+    assert r["latency_per_token_s"] == pytest.approx(65e-9, rel=1e-12)
+    assert analog_cost(PAPER, GPT2, window=2048, assumptions=assumptions)["area_per_head_mm2"] == pytest.approx(1.0)
+    # 32-cell arrays: the same cells, twice the periphery (4x the arrays at half the periphery each): the reading matters
+    small = analog_cost(PAPER.replace(array_size=32), GPT2, assumptions=assumptions)["area_per_head_mm2"]
+    cells = 2 * 1024 * 64 * 1e-6 if reading == "cells" else 15.7e-3
+    assert small == pytest.approx(cells + 2 * (0.5 - cells))
+
+
+def test_analog_assumptions_do_not_move_the_design_point_but_do_move_other_windows():
+    from dataclasses import replace
+
+    from gaincell.cost import ASSUMPTIONS, DEFAULT_ASSUMPTIONS
+
+    for name in ("cell_fraction", "t_counter", "dac_exponent", "counter_exponent"):
+        for end in (ASSUMPTIONS[name].low, ASSUMPTIONS[name].high):
+            a = replace(DEFAULT_ASSUMPTIONS, **{name: end})
+            r = analog_cost(PAPER, GPT2, assumptions=a)
+            assert r["energy_per_token_per_head_j"] == pytest.approx(6.15e-9) and r["latency_per_token_s"] == pytest.approx(65e-9)
+    off = HardwareConfig.preset("paper").replace(kv_levels=16)
+    low = analog_cost(off, GPT2, assumptions=replace(DEFAULT_ASSUMPTIONS, dac_exponent=0.5))["energy_breakdown_per_head_j"]
+    high = analog_cost(off, GPT2, assumptions=replace(DEFAULT_ASSUMPTIONS, dac_exponent=2.0))["energy_breakdown_per_head_j"]
+    assert low["dac_writes"] == pytest.approx(330e-12 * (15 / 7) ** 0.5) and high["dac_writes"] == pytest.approx(
+        330e-12 * (15 / 7) ** 2
+    )
+    t_low = analog_cost(PAPER, GPT2, window=4096, assumptions=replace(DEFAULT_ASSUMPTIONS, t_counter=4e-9))
+    t_high = analog_cost(PAPER, GPT2, window=4096, assumptions=replace(DEFAULT_ASSUMPTIONS, t_counter=32e-9))
+    assert t_low["latency_per_token_s"] != pytest.approx(t_high["latency_per_token_s"])
+
+
+def test_sensitivity_moves_each_ratio_as_its_assumption_says(tmp_path):
+    from gaincell.cost_report import sensitivity, write_sensitivity_plot
+
+    data = sensitivity(PAPER, GPT2)
+    assert "h100-paper" not in data["base"]  # the paper's claim is not a baseline
+    rows = {r["constant"]: r for r in data["rows"]}
+    h100 = data["base"]["h100"]
+    power = rows["gpu_power_fraction"]["gpus"]["h100"]["energy_ratio"]
+    assert power[0] == pytest.approx(0.3 * h100["energy_ratio"]) and power[2] == pytest.approx(h100["energy_ratio"])
+    bytes_ = rows["kv_bytes_per_value"]["gpus"]["h100"]["speedup"]  # memory-bound: time linear in the bytes
+    assert bytes_[0] == pytest.approx(h100["speedup"] / 2) and bytes_[2] == pytest.approx(2 * h100["speedup"])
+    for name in ("cell_fraction", "t_counter", "area_reading"):  # the design point's totals are published
+        assert all(v[0] == v[2] for g in rows[name]["gpus"].values() for v in g.values())
+    worst = data["worst"]["h100"]
+    assert worst["energy_ratio"] < min(r["gpus"]["h100"]["energy_ratio"][0] for r in data["rows"])
+    assert worst["energy_ratio"] == pytest.approx(h100["energy_ratio"] * 0.3 / 2)  # 30 % power, 1-byte cache
+    write_sensitivity_plot(data, tmp_path / "sensitivity.png")
+    assert (tmp_path / "sensitivity.png").stat().st_size > 20_000
+
+
+def test_cost_cli_explain_and_sensitivity(capsys):
+    assert main(["cost", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "published:" in out and "assumed:" in out and "derived:" in out and "cell_fraction" in out and "try" in out
+    assert main(["cost", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert any(c["name"] == "A_kv_crossbars" and c["status"] == "published" for c in data["constants"])
+    assert main(["cost", "--sensitivity", "--gpu", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "gpu_power_fraction" in out and "worst case" in out and "no effect here" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["cost", "--area-reading", "nope"])
+    assert exc.value.code == 2
+
+
+def test_the_igzo_preset_takes_its_retention_from_a_cited_measurement():
+    from gaincell.config import PRESETS
+
+    igzo = HardwareConfig.preset("igzo")
+    assert igzo.retention_time == pytest.approx(100.0)
+    assert "[Li25]" in PRESETS["igzo"]["doc"] and "still the silicon cell's" in PRESETS["igzo"]["doc"]
+    rows = {r["field"]: r for r in igzo.describe()}
+    assert "[Li25]" in rows["decay_per_token"]["provenance"] and "[Li25]" in rows["retention_time"]["provenance"]
+    paper_only = {k for k, v in igzo.to_dict().items() if v != HardwareConfig.preset("paper").to_dict()[k]}
+    assert paper_only <= {"name", "decay_per_token", "retention_time"}  # nothing else of the silicon model changes
+    assert "[Li25]" not in {r["provenance"] for r in igzo.replace(retention_time=1.0).describe()}
+
+
+def test_bench_gpu_methods_say_what_they_do(capsys):
+    from gaincell.gpu_bench import METHODS, bench_gpu
+
+    assert set(METHODS) == {"paper", "corrected"}
+    assert METHODS["paper"]["precision"] == "fp32" and "is_causal=True" in METHODS["paper"]["attention"]
+    assert METHODS["corrected"]["precision"] == "fp16" and "is_causal=False" in METHODS["corrected"]["attention"]
+    with pytest.raises(ValueError, match="method"):
+        bench_gpu(method="faster")
+    assert main(["bench-gpu", "--method", "corrected"]) == 0
+    assert "is_causal=False" in capsys.readouterr().out
+
+
+def test_every_provenance_tag_resolves_in_the_bibliography():
+    import re
+    from pathlib import Path
+
+    from gaincell.config import PRESETS
+
+    bib = (Path(__file__).parents[1] / "docs" / "bibliography.md").read_text()
+    anchors = set(re.findall(r"\{#([a-z0-9-]+)\}", bib))
+    texts = [r["provenance"] for name in PRESETS for r in HardwareConfig.preset(name).describe()]
+    texts += [p["doc"] for p in PRESETS.values()]
+    from gaincell.cost import constants_table
+
+    texts += [str(r["source"]) for r in constants_table()] + [g["source"] for g in compare(PAPER, GPT2)["gpus"].values()]
+    tags = {
+        t.strip()
+        for text in texts
+        for group in re.findall(r"\[([A-Za-z0-9-]+(?:,\s*[A-Za-z0-9-]+)*)\]", text)
+        for t in group.split(",")
+    }
+    tags = {t for t in tags if re.fullmatch(r"[A-Z][A-Za-z0-9-]*", t)}  # tags, not ranges like [0, 1]
+    assert tags >= {"N-M", "C", "S1", "INF", "Li25"}
+    for tag in tags:
+        assert tag.lower() in anchors, f"[{tag}] has no entry in docs/bibliography.md"

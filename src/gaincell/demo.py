@@ -168,7 +168,8 @@ def final_model_cost(out: Path) -> dict[str, Any]:
     """What the shipped nonlinear model's attention costs on the gain-cell engine and against GPUs (batch 64);
     also writes the cost report (sweeps and breakdown) into ``out``."""
     from gaincell.attention import attention_spec
-    from gaincell.cost import compare, model_shape_of, write_report
+    from gaincell.cost import compare, model_shape_of
+    from gaincell.cost_report import write_report
     from gaincell.hub import load
 
     final = load("shakespeare-nonlinear")
