@@ -294,3 +294,13 @@ def test_every_provenance_tag_resolves_in_the_bibliography():
     assert tags >= {"N-M", "C", "S1", "INF", "Li25"}
     for tag in tags:
         assert tag.lower() in anchors, f"[{tag}] has no entry in docs/bibliography.md"
+
+
+def test_an_assumption_out_of_range_names_the_field_and_the_allowed_range():
+    from gaincell.cost import CostAssumptions
+    from gaincell.errors import GaincellError
+
+    with pytest.raises(GaincellError, match=r"cell_fraction = 2 .*allowed: 0 to 1"):
+        CostAssumptions(cell_fraction=2)
+    with pytest.raises(GaincellError, match="t_counter"):
+        CostAssumptions(t_counter=40e-9)  # would leave a negative adder-stage time
