@@ -201,12 +201,14 @@ class AnalogCacheLayer(CacheLayerMixin):
     def _decayed(self, rows: Tensor, n: int, now: float) -> tuple[Tensor, Tensor]:
         """Stored voltages of ``rows``' first ``n`` slots as they read at time ``now``."""
         tau = self.hardware.retention_time
-        yk = self.yk.index_select(0, rows)[:, :, :n]  # type: ignore[union-attr]
-        yv = self.yv.index_select(0, rows)[:, :, :n]  # type: ignore[union-attr]
+        every_row = rows.numel() == self.yk.shape[0]  # type: ignore[union-attr]  # rows are distinct and sorted
+        # slice the written slots first: copying the whole ring per token was most of a decode step's time
+        yk, yv, t_write = self.yk[:, :, :n], self.yv[:, :, :n], self.t_write[:, :n]  # type: ignore[index]
+        if not every_row:
+            yk, yv, t_write = yk.index_select(0, rows), yv.index_select(0, rows), t_write.index_select(0, rows)
         if math.isinf(tau):
             return yk, yv
-        age = now - self.t_write.index_select(0, rows)[:, :n]  # type: ignore[union-attr]
-        f = torch.exp(-age / tau).to(yk.dtype)[:, None, :, None]
+        f = torch.exp((t_write - now) / tau).to(yk.dtype)[:, None, :, None]
         return yk * f, yv * f
 
     def _refresh_until(self, now: float) -> None:
