@@ -390,3 +390,31 @@ def test_bad_arguments_are_named():
         analog_attention(q, [1.0], q, cfg)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="window"):
         softmax_attention(q, q, q, window=0)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"cell": "linear"},
+        {"window": 100, "array_size": 16},  # window not a multiple of the array: a partial last tile
+        {"out_quantizer": "exact"},  # only tiles that hold a key are read out
+        {"out_levels": None, "q_levels": None, "decay_per_token": 0.0},
+        {"decay_per_token": 0.05, "window": 40, "array_size": 8},
+    ],
+)
+@pytest.mark.parametrize("key_start", [0, 37, 250])  # 250: the ring has wrapped more than once
+def test_the_single_query_decode_path_equals_the_blocked_kernel(changes, key_start):
+    from gaincell.kernel.api import one_query_from_voltages
+
+    cfg = HardwareConfig.preset("paper").replace(score_saturation=8.0, output_saturation=4.0, **changes)
+    torch.manual_seed(key_start)
+    n_keys = 90  # more than a 40- or 100-token window: the oldest keys are not read
+    q = torch.rand(2, 3, 1, 16, dtype=torch.float64)
+    y_k = (torch.rand(2, 3, n_keys, 16, dtype=torch.float64) - 0.5) * 0.9
+    y_v = (torch.rand(2, 3, n_keys, 16, dtype=torch.float64) - 0.5) * 0.9
+    fast = one_query_from_voltages(q, y_k, y_v, cfg, key_start)
+    blocked = analog_attention(q.clone().requires_grad_(), y_k, y_v, cfg, key_start=key_start, voltages=True)  # grad: kernel
+    torch.testing.assert_close(fast, blocked.detach(), rtol=0, atol=1e-12)
+    assert fast.abs().max() > 0.05  # the arrays really read out
+    torch.testing.assert_close(analog_attention(q, y_k, y_v, cfg, key_start=key_start, voltages=True), fast, rtol=0, atol=0)

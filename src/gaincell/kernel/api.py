@@ -95,6 +95,10 @@ def analog_attention(
         k = write_voltages(k.to(dtype), cfg, generator)
         v = write_voltages(v.to(dtype), cfg, generator)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    quiet = not noisy and cfg.cell_gain_variation == 0 and cfg.cell_offset_variation == 0
+    if voltages and n_queries == 1 and quiet and not needs_grad:  # one decoding step of the analog KV cache
+        with torch.autocast(q.device.type, enabled=False):
+            return one_query_from_voltages(q.to(dtype), k, v, cfg, key_start).to(q.dtype)
     plan = make_plan(
         cfg,
         n_queries,
@@ -116,6 +120,57 @@ def analog_attention(
     with torch.autocast(q.device.type, enabled=False):  # the arrays are simulated in float32: no bf16 shortcuts
         out = AnalogAttentionFunction.apply(q, k, v, plan, variation, dtype, read_gen)
     return out.to(q.dtype)
+
+
+def one_query_from_voltages(q: Tensor, y_k: Tensor, y_v: Tensor, config: HardwareConfig, key_start: int = 0) -> Tensor:
+    """The same arrays for a single query (B, H, 1, D) against stored signed voltages (B, H, Tk, D), written out
+    directly: the step the analog KV cache takes for every decoded token.  The blocked kernel's planning costs more
+    than this arithmetic for one query, so decoding takes this path (no noise, no cell variation, no gradient;
+    :func:`analog_attention` chooses it).  Same equations, same readout; only the summation order differs.
+    """
+    cfg = config
+    n_keys = y_k.shape[2]
+    query_pos = key_start + n_keys - 1
+    pos = torch.arange(key_start, key_start + n_keys, device=q.device)
+    inside = pos > query_pos - cfg.window  # keys that fell out of the window are not read
+    if not bool(inside.all()):
+        first = int(inside.nonzero()[0])
+        y_k, y_v, pos = y_k[:, :, first:], y_v[:, :, first:], pos[first:]
+    if cfg.decay_per_token > 0:  # leakage since each key was written
+        decay = torch.exp(-cfg.decay_per_token * (query_pos - pos).to(q.dtype))[:, None]
+        y_k, y_v = y_k * decay, y_v * decay
+    pulses_q = dac(q, 0.0, 1.0, cfg.q_levels)  # (B, H, 1, D)
+    poly = tuple(float(g) for g in cfg.cell_polynomial)
+    # first array: S_j = sum_d q_d f(y_jd); charge-to-pulse phi_j = clamp(S_j / S_sat, 0, 1)
+    scores = torch.matmul(_cell(y_k, poly), (pulses_q * (1.0 / cfg.score_saturation)).transpose(-1, -2))  # (B, H, n, 1)
+    phi = scores.clamp_(0.0, 1.0)
+    # second array, per physical tile (ring slot // array size): A_t = sum_{j in t} phi_j f(y^v_j)
+    tiles = (pos % cfg.window) // cfg.array_size
+    weighted = _cell(y_v, poly).mul_(phi)
+    n_tiles = cfg.n_tiles
+    tile_sums = weighted.new_zeros(*weighted.shape[:2], n_tiles, weighted.shape[-1]).index_add_(2, tiles, weighted)
+    # readout of each tile: clamp(A / A_sat, -1, 1), quantised, in units of one step; then the digital sum
+    step = 1.0 if cfg.out_levels is None else 2.0 / (cfg.out_levels - 1)
+    x = tile_sums.mul_(1.0 / cfg.output_saturation / step).clamp_(-1.0 / step, 1.0 / step)
+    if cfg.out_levels is not None:
+        if cfg.out_quantizer == "exact":
+            x.add_(1.0 / step).round_().sub_(1.0 / step)
+        else:
+            x.round_()
+    if cfg.out_levels is not None and cfg.out_quantizer == "exact":  # only tiles that hold a key are read out
+        written = torch.zeros(n_tiles, dtype=torch.bool, device=q.device)
+        written[tiles] = True
+        x = x[:, :, written]
+    out = x.sum(2, keepdim=True)
+    return out.mul_(step) if step != 1.0 else out
+
+
+def _cell(y: Tensor, poly: tuple[float, ...]) -> Tensor:
+    """f(y) = sum_n g_n y^n by Horner's rule, in a new tensor."""
+    out = torch.full_like(y, poly[-1])
+    for g in reversed(poly[:-1]):
+        out.mul_(y).add_(g)
+    return out
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = None, scale: float | None = None) -> Tensor:
