@@ -28,11 +28,11 @@ set -x
 mkdir -p "$RUN"
 [ -f "$RUN/owt-train.bin" ] || gaincell prepare --text "$DATA" --tokenizer "$MODEL" --out "$RUN/owt-train.bin"
 [ -f "$RUN/owt-val.bin" ] || gaincell prepare --text "$DATA" --tokenizer "$MODEL" --out "$RUN/owt-val.bin" --max-docs 4007
-$GC finetune --model "$MODEL" --hardware paper-linear --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" \
+$GC finetune --model "$MODEL" --hardware paper-linear --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" --keep-best \
     --steps "$LINEAR_STEPS" --role linear $COMMON --out "$RUN/linear"
 gaincell adapt --model "$RUN/linear/model" --hardware paper --calib "$RUN/owt-train.bin" --calib-batch 16 \
     --calib-context 1024 --eval "$RUN/owt-val.bin" --out "$RUN/adapted" --json > "$RUN/adapt.json"
-$GC finetune --model "$RUN/adapted" --hardware paper --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" \
+$GC finetune --model "$RUN/adapted" --hardware paper --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" --keep-best \
     --steps "$NONLINEAR_STEPS" --role nonlinear $COMMON --out "$RUN/nonlinear"
 gaincell bench --models "$MODEL,$RUN/linear/model,$RUN/adapted,$RUN/nonlinear/model" \
     --tasks wikitext,lambada_openai,hellaswag,arc_easy,arc_challenge,winogrande,piqa --batch-size 64 --out "$RUN/bench"

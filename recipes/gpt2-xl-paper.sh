@@ -24,11 +24,11 @@ set -x
 mkdir -p "$RUN"
 [ -f "$RUN/owt-train.bin" ] || gaincell prepare --text "$DATA" --tokenizer gpt2-xl --out "$RUN/owt-train.bin"
 [ -f "$RUN/owt-val.bin" ] || gaincell prepare --text "$DATA" --tokenizer gpt2-xl --out "$RUN/owt-val.bin" --max-docs 4007
-$GC finetune --model gpt2-xl --hardware paper-linear --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" \
+$GC finetune --model gpt2-xl --hardware paper-linear --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" --keep-best \
     --steps 10000 --role linear $COMMON --out "$RUN/linear"
 gaincell adapt --model "$RUN/linear/model" --hardware paper --calib "$RUN/owt-train.bin" --calib-batch 16 \
     --calib-context 1024 --eval "$RUN/owt-val.bin" --out "$RUN/adapted" --json > "$RUN/adapt.json"
-$GC finetune --model "$RUN/adapted" --hardware paper --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" \
+$GC finetune --model "$RUN/adapted" --hardware paper --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" --keep-best \
     --steps 1000 --role nonlinear $COMMON --out "$RUN/nonlinear"
 gaincell bench --models "gpt2-xl,$RUN/linear/model,$RUN/nonlinear/model" \
     --tasks wikitext,lambada_openai,hellaswag,arc_easy,arc_challenge,winogrande,piqa --batch-size 16 --out "$RUN/bench"

@@ -9,7 +9,7 @@ GC=${GAINCELL:-gaincell}
 SOFTMAX_STEPS=${SOFTMAX_STEPS:-2000}
 LINEAR_STEPS=${LINEAR_STEPS:-800}
 NONLINEAR_STEPS=${NONLINEAR_STEPS:-500}
-COMMON="--train shakespeare:train --val shakespeare:validation --batch-size 16 --context 128 --eval-every 250 --save-every 100"
+COMMON="--train shakespeare:train --val shakespeare:validation --batch-size 16 --context 128 --eval-every 250 --save-every 100 --keep-best"
 mkdir -p "$RUN"
 set -x
 # 1. a 4-layer, 128-wide GPT-2 (head dim 32) over a closed GPT-2 sub-vocabulary of the training plays

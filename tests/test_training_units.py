@@ -166,3 +166,95 @@ def test_training_errors_name_parameters_not_flags():
     with pytest.raises(GaincellError) as info:
         perplexity(model, torch.arange(100) % 61, context=16, stride=17)
     assert "stride must be" in str(info.value) and "--" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------- best and patience
+def _scripted_validation(monkeypatch, losses: dict[int, float]) -> None:
+    """Make every evaluation return ``losses[step]`` (step -1: the starting model), so the test chooses when the
+    validation loss improves; training itself is real."""
+    import gaincell.train as train_module
+
+    state = {"step": -1}
+    original = train_module._Run.optimizer_step
+
+    def optimizer_step(self, step, *args):
+        state["step"] = step
+        return original(self, step, *args)
+
+    monkeypatch.setattr(train_module._Run, "optimizer_step", optimizer_step)
+    monkeypatch.setattr(train_module, "evaluate_loss", lambda model, ids, cfg: losses[state["step"]])
+    return state
+
+
+def _weights(folder):
+    from gaincell.hub import read_weights
+
+    return read_weights(folder)
+
+
+def _same(a, b) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+BEST_CFG = {"batch_size": 4, "context": 16, "warmup": 1, "eval_every": 2, "save_every": 2, "log_every": 1, "lr": 3e-3}
+
+
+def test_keep_best_ships_the_weights_of_the_lowest_validation_loss(tmp_path, monkeypatch):
+    ids = torch.randint(0, 61, (600,))
+    losses = {-1: 5.0, 1: 4.0, 3: 3.0, 5: 3.5, 7: 3.6}  # best after step 3
+    state = _scripted_validation(monkeypatch, losses)
+    summary = finetune(
+        _tiny_model(), ids, ids[:100], TrainConfig(steps=8, keep_best=True, **BEST_CFG), tmp_path / "a", progress=False
+    )
+    assert summary["best"]["step"] == 3 and "early_stopped_at" not in summary
+    state["step"] = -1  # the same run stopped right after step 3: its checkpoint holds the step-3 weights
+    finetune(_tiny_model(), ids, ids[:100], TrainConfig(steps=8, **BEST_CFG), tmp_path / "b", stop_after=4, progress=False)
+    step3 = _weights(tmp_path / "b" / "checkpoint")
+    assert _same(_weights(tmp_path / "a" / "model"), step3) and _same(_weights(tmp_path / "a" / "best"), step3)
+    assert not _same(_weights(tmp_path / "a" / "model"), _weights(tmp_path / "a" / "checkpoint"))  # not the last step
+    info = json.loads((tmp_path / "a" / "model" / "gaincell.json").read_text())
+    assert info["best_step"] == 3 and info["metrics"]["val_ppl"] == pytest.approx(math.exp(3.0))
+    first = json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[0])
+    assert first == {"step": -1, "val_loss": 5.0, "val_ppl": pytest.approx(math.exp(5.0)), "initial": True}
+
+
+def test_keep_best_never_ships_a_model_worse_than_the_one_it_started_from(tmp_path, monkeypatch):
+    ids = torch.randint(0, 61, (600,))
+    _scripted_validation(monkeypatch, {-1: 3.0, 1: 3.2, 3: 3.1})
+    start = {k: v.clone() for k, v in _tiny_model().state_dict().items()}
+    summary = finetune(
+        _tiny_model(), ids, ids[:100], TrainConfig(steps=4, keep_best=True, **BEST_CFG), tmp_path / "r", progress=False
+    )
+    assert summary["best"]["step"] == -1
+    shipped = _weights(tmp_path / "r" / "model")
+    assert all(torch.equal(shipped[k], start[k]) for k in shipped)
+
+
+def test_without_keep_best_the_last_weights_ship(tmp_path, monkeypatch):
+    ids = torch.randint(0, 61, (600,))
+    _scripted_validation(monkeypatch, {1: 4.0, 3: 3.0, 5: 3.5})
+    finetune(_tiny_model(), ids, ids[:100], TrainConfig(steps=6, **BEST_CFG), tmp_path / "r", progress=False)
+    assert _same(_weights(tmp_path / "r" / "model"), _weights(tmp_path / "r" / "checkpoint"))
+    assert not (tmp_path / "r" / "best").exists()
+    assert json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])["step"] == 0  # no initial evaluation
+
+
+def test_patience_stops_early_and_a_resume_inside_the_patience_window_ends_the_same(tmp_path, monkeypatch):
+    ids = torch.randint(0, 61, (600,))
+    losses = {-1: 5.0, 1: 4.0, 3: 4.5, 5: 4.6, 7: 1.0, 9: 1.0}  # two evaluations without a new best after step 1
+    state = _scripted_validation(monkeypatch, losses)
+    cfg = TrainConfig(steps=10, keep_best=True, patience=2, **BEST_CFG)
+    whole = finetune(_tiny_model(), ids, ids[:100], cfg, tmp_path / "whole", progress=False)
+    assert whole["early_stopped_at"] == 5 and whole["best"]["step"] == 1 and "stopped_at" not in whole
+    assert (tmp_path / "whole" / "model" / "model.safetensors").is_file()
+    state["step"] = -1
+    cut = finetune(_tiny_model(), ids, ids[:100], cfg, tmp_path / "cut", stop_after=4, progress=False)
+    assert cut["stopped_at"] == 3  # one evaluation into the patience window
+    resumed = finetune(_tiny_model(), ids, ids[:100], cfg, tmp_path / "cut", progress=False)
+    assert resumed["early_stopped_at"] == 5 and resumed["best"] == whole["best"]
+    assert (tmp_path / "cut" / "log.jsonl").read_text().count("\n") == (tmp_path / "whole" / "log.jsonl").read_text().count("\n")
+    assert _same(_weights(tmp_path / "cut" / "model"), _weights(tmp_path / "whole" / "model"))
+    again = finetune(_tiny_model(), ids, ids[:100], cfg, tmp_path / "cut", progress=False)  # nothing left to do
+    assert again["early_stopped_at"] == 5 and _same(_weights(tmp_path / "cut" / "model"), _weights(tmp_path / "whole" / "model"))
+    with pytest.raises(GaincellError, match="patience"):
+        TrainConfig(patience=0).validate()

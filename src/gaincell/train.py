@@ -86,6 +86,14 @@ class TrainConfig:
         False, "shard parameters, gradients and optimizer state across processes (FSDP2) instead of DDP; not with fp16"
     )
     compile: bool = _setting(False, "torch.compile the digital layers (the analog attention always runs eagerly)")
+    keep_best: bool = _setting(
+        False,
+        "ship the weights with the lowest validation loss (the starting model included) instead of the last ones; "
+        "they are kept in OUT/best while training",
+    )
+    patience: int | None = _setting(
+        None, "stop early when this many evaluations in a row have not lowered the validation loss (default: never)"
+    )
 
     @property
     def end_lr(self) -> float:
@@ -108,6 +116,7 @@ class TrainConfig:
             "distill_temperature": self.distill_temperature > 0,
             "precision": self.precision in _PRECISIONS,
             "fsdp": not (self.fsdp and self.precision == "fp16"),  # no sharded loss scaler: use bf16 with FSDP
+            "patience": self.patience is None or self.patience >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -225,6 +234,34 @@ class _StopRequest:
             signal.signal(sig, previous)
 
 
+@dataclass
+class BestSoFar:
+    """The lowest validation loss so far, its step (-1: the starting model) and the evaluations since.  Derived from
+    the log (:meth:`from_log`), so a resumed run picks it up exactly where the checkpoint left it."""
+
+    loss: float = math.inf
+    step: int | None = None
+    since: int = 0
+
+    def update(self, step: int, loss: float) -> bool:
+        """Count one evaluation; True when it is a new best."""
+        if loss < self.loss:
+            self.loss, self.step, self.since = loss, step, 0
+            return True
+        self.since += 1
+        return False
+
+    @classmethod
+    def from_log(cls, log_path: Path) -> BestSoFar:
+        best = cls()
+        if log_path.is_file():
+            for line in log_path.read_text().splitlines():
+                record = json.loads(line) if line else {}
+                if "val_loss" in record:
+                    best.update(record["step"], record["val_loss"])
+        return best
+
+
 class _Run:
     """One call of :func:`finetune`: the model as trained (wrapped for DDP / FSDP), its optimizer, the log and the
     checkpoint; and how far the loop got, for when it is cut short."""
@@ -249,6 +286,8 @@ class _Run:
         self.pending: dict[str, Any] | None = None  # record of an optimizer step that is done but not yet logged
         self.last: dict[str, Any] = {}  # record of the last finished step
         self.terminated = False  # some rank received SIGTERM or Ctrl-C
+        self.best = BestSoFar()
+        self.best_folder = out / "best"
 
     # ------------------------------------------------------------------------------------------------ setup
     def restore(self, resume: bool) -> None:
@@ -299,6 +338,51 @@ class _Run:
             step = self.start - 1
             evaluate = (lambda: evaluate_loss(self.model, val_ids, self.cfg)) if self.cfg.evaluates_at(step) else None
             redo_cut_evaluation(self.log_path, step, evaluate, write=dist.main)
+
+    # ------------------------------------------------------------------------------------------------ best and patience
+    def start_tracking(self, val_ids: Tensor | None) -> None:
+        """Pick up the best evaluation from the log; a fresh run first evaluates the starting model (with
+        ``keep_best`` or ``patience``), so a run never ships a model worse than the one it started from."""
+        cfg = self.cfg
+        if val_ids is None or not (cfg.keep_best or cfg.patience):
+            return
+        if self.start == 0:
+            val_loss = self.dist.mean(evaluate_loss(self.model, val_ids, cfg))
+            self._log({"step": -1, "val_loss": val_loss, "val_ppl": math.exp(val_loss), "initial": True})
+        self.best = BestSoFar.from_log(self.log_path)
+        # the best is the model as it stands (just evaluated, or the checkpoint's own evaluation): make sure it is kept
+        if cfg.keep_best and self.best.step == self.start - 1 and _best_step(self.best_folder) != self.best.step:
+            self._save_best()
+
+    def track(self, record: dict[str, Any]) -> None:
+        """Count an evaluation: keep the weights when it is the best so far."""
+        if "val_loss" in record and self.best.update(record["step"], record["val_loss"]) and self.cfg.keep_best:
+            self._save_best()
+
+    @property
+    def out_of_patience(self) -> bool:
+        return self.cfg.patience is not None and self.best.since >= self.cfg.patience
+
+    def _save_best(self) -> None:
+        """The current weights into ``out/best`` (every rank calls this: FSDP gathers the shards)."""
+        from gaincell.hub import save
+
+        weights, _ = full_state(self.model, None, self.dist)
+        if self.dist.main:
+            metadata = {**self.meta, "best": {"step": self.best.step, "val_loss": self.best.loss}}
+            save(self.model, self.best_folder, metadata=metadata, state_dict=weights)
+        self.dist.barrier()
+
+    def restore_best(self) -> None:
+        """Put the best weights back into the model before it is shipped (every rank calls this)."""
+        from gaincell.hub import read_weights
+
+        if not (self.cfg.keep_best and (self.best_folder / "model.safetensors").is_file()):
+            return
+        if self.dist.fsdp:
+            load_sharded_weights(self.model, read_weights(self.best_folder) if self.dist.main else {})
+        else:
+            self.model.load_state_dict(read_weights(self.best_folder))
 
     # ------------------------------------------------------------------------------------------------ one step
     def optimizer_step(self, step: int, train_ids: Tensor, stop_requested: bool) -> dict[str, Any]:
@@ -360,10 +444,12 @@ class _Run:
         self.logged = record["step"]
 
     def checkpoint_and_stop(self, step: int, stop_after: int | None) -> bool:
-        """Write the checkpoint when due; True when the run stops after this step (a signal, or ``stop_after``)."""
+        """Write the checkpoint when due; True when the run stops after this step (a signal, ``stop_after``, or out
+        of patience)."""
         cfg = self.cfg
         final = step == cfg.steps - 1
-        stopping = (self.terminated or (stop_after is not None and step + 1 >= stop_after)) and not final
+        requested = self.terminated or (stop_after is not None and step + 1 >= stop_after)
+        stopping = (requested or self.out_of_patience) and not final
         if (step + 1) % cfg.save_every == 0 or final or stopping:
             write_checkpoint(self.checkpoint, self.model, self.optimizer, step, dataclasses.asdict(cfg), self.meta, self.dist)
         self.dist.barrier()
@@ -406,7 +492,11 @@ class _Run:
             lines = [ln for ln in self.log_path.read_text().splitlines() if ln]
             last = json.loads(lines[-1]) if lines else {}
         summary = {"steps": cfg.steps, "final": last, "config": dataclasses.asdict(cfg)}
-        if last and last.get("step", cfg.steps - 1) < cfg.steps - 1:  # stopped early on request: no final model yet
+        if self.best.step is not None:
+            summary["best"] = {"step": self.best.step, "val_loss": self.best.loss, "val_ppl": math.exp(self.best.loss)}
+        if self.out_of_patience:  # a finished run: it ships its model
+            summary["early_stopped_at"] = last.get("step")
+        elif last and last.get("step", cfg.steps - 1) < cfg.steps - 1:  # stopped early on request: no final model yet
             summary["stopped_at"] = last["step"]
             if self.terminated:  # this rank's signal, or SIGTERM when another rank was signalled
                 summary["stopped_by"] = stop_signal or "SIGTERM"
@@ -420,11 +510,22 @@ class _Run:
         from gaincell.hub import save
 
         cfg, meta, last = self.cfg, self.meta, summary["final"]
-        if "val_loss" in last:
+        if cfg.keep_best and "best" in summary:  # the weights restored by restore_best
+            meta.setdefault("metrics", {})["val_ppl"] = summary["best"]["val_ppl"]
+            meta["best_step"] = summary["best"]["step"]
+        elif "val_loss" in last:
             meta.setdefault("metrics", {})["val_ppl"] = last["val_ppl"]
         meta["training"] = {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size * cfg.context}
         save(self.model, self.out / "model", tokenizer=tokenizer, metadata=meta, state_dict=weights)
         atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _best_step(folder: Path) -> int | None:
+    """The step whose weights ``folder`` (``out/best``) holds, or None."""
+    try:
+        return int(json.loads((folder / "gaincell.json").read_text())["best"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _freeze(teacher: nn.Module | None) -> None:
@@ -452,6 +553,8 @@ def finetune(
     """Train ``model`` in place; writes ``out/log.jsonl``, ``out/checkpoint/`` and the final ``out/model/``.
 
     ``teacher``: distil from it (``cfg.distill_weight``; without a teacher the loss is plain cross-entropy).
+    ``cfg.keep_best``: ship the weights of the lowest validation loss, the starting model's included (kept in
+    ``out/best`` while training); ``cfg.patience``: stop after that many evaluations without a new best.
     ``stop_after``: checkpoint and return after that many steps (of the whole run); run again to resume.
     ``device``: where to train (default: where the model is); with ``cfg.fsdp`` the model may stay on the CPU and only
     its shards are moved there.
@@ -468,12 +571,15 @@ def finetune(
     run.restore(resume)
     started_at = time.time()
     run.redo_cut_evaluation(val_ids)
+    run.start_tracking(val_ids)
+    first = cfg.steps if run.out_of_patience else run.start  # a run that already stopped early has nothing left to do
     bar = tqdm(total=cfg.steps, initial=run.start, desc="training", unit="step", disable=not (progress and dist.main))
     with _StopRequest(announce=dist.main) as stop_request, bar:
         try:
-            for step in range(run.start, cfg.steps):
+            for step in range(first, cfg.steps):
                 record = run.optimizer_step(step, train_ids, stop_request.requested)
                 run.evaluate_and_log(record, val_ids, started_at)
+                run.track(record)
                 val_ppl = {"val_ppl": f"{record['val_ppl']:.1f}"} if "val_ppl" in record else {}
                 bar.set_postfix(loss=f"{record['loss']:.3f}", **val_ppl)
                 bar.update(1)
@@ -488,5 +594,6 @@ def finetune(
             raise
     summary = run.summary(stop_request.signal)
     if "stopped_at" not in summary:
+        run.restore_best()
         run.save_final(summary, tokenizer)
     return summary
