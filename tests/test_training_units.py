@@ -258,3 +258,32 @@ def test_patience_stops_early_and_a_resume_inside_the_patience_window_ends_the_s
     assert again["early_stopped_at"] == 5 and _same(_weights(tmp_path / "cut" / "model"), _weights(tmp_path / "whole" / "model"))
     with pytest.raises(GaincellError, match="patience"):
         TrainConfig(patience=0).validate()
+
+
+def test_reset_maps_starts_the_adaptation_from_unit_maps_and_changes_nothing_else():
+    import copy
+
+    from gaincell.adapt import adapt, head_statistics, reset_head_maps
+    from gaincell.attention import head_maps
+    from gaincell.model import convert
+
+    linear = convert(_tiny_model(), "paper-linear")
+    with torch.no_grad():
+        for m in head_maps(linear):
+            m.q_scale.fill_(4.0)
+            m.k_scale.fill_(3.0)
+    batch = torch.randint(0, 61, (4, 24))
+    targets, _ = head_statistics(linear, batch)
+    by_option = copy.deepcopy(linear)
+    by_hand = reset_head_maps(convert(copy.deepcopy(linear), "paper"))
+    assert all(
+        float(p.abs().sum()) == p.numel() * (1.0 if n.endswith("_scale") else 0.0)
+        for m in head_maps(by_hand)
+        for n, p in m.named_parameters()
+    )
+    a = adapt(by_option, "paper", batch, reset_maps=True, max_iter=30)
+    b = adapt(by_hand, "paper", batch, targets=targets, max_iter=30)
+    assert a.loss == b.loss and a.iterations == b.iterations
+    assert all(torch.equal(x, y) for x, y in zip(by_option.state_dict().values(), by_hand.state_dict().values(), strict=True))
+    kept = adapt(copy.deepcopy(linear), "paper", batch, max_iter=30)  # the default keeps the trained maps as the start
+    assert kept.max_std_error[0] != a.max_std_error[0]

@@ -27,7 +27,7 @@ from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
 from gaincell.model import convert
 
-__all__ = ["AdaptResult", "adapt", "head_statistics"]
+__all__ = ["AdaptResult", "adapt", "head_statistics", "reset_head_maps"]
 
 _TENSORS = ("q", "k", "v", "out")
 _PARAMS = {"q": ("q_scale", "q_bias"), "k": ("k_scale", "k_bias"), "v": ("v_scale", "v_bias"), "out": ("out_scale", "out_bias")}
@@ -87,6 +87,7 @@ def adapt(
     anneal: int = 50,
     tol: float = 1e-4,
     max_iter: int = 100,
+    reset_maps: bool = False,
     progress: bool = False,
 ) -> AdaptResult:
     """Adapt a linear-hardware model to ``hardware`` in place (only the per-head maps change).
@@ -97,6 +98,9 @@ def adapt(
         hardware: the target (nonlinear) hardware config.
         calibration: (B, T) token ids of the calibration batch.
         targets: precomputed target statistics; default: recorded from ``model`` as it is on entry.
+        reset_maps: start from a = 1, b = 0 for every map (q, k, v and the output) instead of the linear model's
+            trained maps: the arXiv-era variant of the published code (the published code today keeps the trained
+            maps, the default).  The targets are recorded before the reset.
     """
     from tqdm import tqdm
 
@@ -107,6 +111,8 @@ def adapt(
         targets, _ = head_statistics(model, calibration)
     convert(model, target_cfg)
     maps = {m.layer: m for m in head_maps(model)}
+    if reset_maps:
+        reset_head_maps(model)
     result = AdaptResult(iterations=0, converged=False)
     try:
         with tqdm(total=max_iter, desc="adapting", unit="it", leave=False, disable=not progress) as bar:
@@ -128,6 +134,16 @@ def adapt(
     finally:
         model.train(was_training)
     return result
+
+
+def reset_head_maps(model: nn.Module) -> nn.Module:
+    """Set every per-head map of a converted model to a = 1, b = 0 (q, k, v and the output), in place: the start of the
+    arXiv-era adaptation.  Returns the model."""
+    with torch.no_grad():
+        for maps in head_maps(model):
+            for name, p in maps.named_parameters():
+                p.fill_(1.0 if name.endswith("_scale") else 0.0)
+    return model
 
 
 def _check_inputs(

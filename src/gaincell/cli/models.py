@@ -131,6 +131,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if eval_ids is not None:
         report.update(_perplexities_before_adapting(model, eval_ids, args))
     settings = {"tol": args.tol, "max_iter": args.max_iter, "alpha_min": args.alpha_min, "anneal": args.anneal}
+    settings["reset_maps"] = args.reset_maps
+    report["reset_maps"] = args.reset_maps
     result = adapt(model, args.hardware, batch, targets=targets, progress=not args.quiet, **settings)
     dist = Distributed()
     if dist.enabled:  # every rank adapted the same batch; rank 0's maps are the reference
@@ -160,6 +162,10 @@ def _perplexities_before_adapting(model: Any, ids: torch.Tensor, args: argparse.
     from gaincell.model import convert
 
     unadapted = convert(copy.deepcopy(model), args.hardware)
+    if args.reset_maps:  # what the adaptation starts from
+        from gaincell.adapt import reset_head_maps
+
+        reset_head_maps(unadapted)
     return {"linear_perplexity": _perplexity(model, ids, args), "before_perplexity": _perplexity(unadapted, ids, args)}
 
 
@@ -335,6 +341,11 @@ def _register_adapt(sub: Any) -> None:
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--alpha-min", type=float, default=0.1)
     p.add_argument("--anneal", type=int, default=50)
+    p.add_argument(
+        "--reset-maps",
+        action="store_true",
+        help="start from a = 1, b = 0 for every per-head map (the arXiv-era variant) instead of the trained maps",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the adapted model here")
     p.add_argument("--json", action="store_true")
