@@ -16,23 +16,23 @@ RUN=${1:-runs/gpt2-paper}
 NPROC=${NPROC:-8}
 MODEL=${MODEL:-gpt2}
 DATA=${DATA:-hf:Skylion007/openwebtext:train}
-LINEAR_STEPS=${LINEAR_STEPS:-3000}
-NONLINEAR_STEPS=${NONLINEAR_STEPS:-13000}
+HERE=$(cd "$(dirname "$0")" && pwd)
+LINEAR_STEPS=${LINEAR_STEPS:-}                       # empty: the published count in the .yaml file
+NONLINEAR_STEPS=${NONLINEAR_STEPS:-}
 MICRO=${MICRO:-16}                                   # sequences per GPU per micro-step
 ACCUM=$(( 1920 / (MICRO * NPROC) ))                  # gradient accumulation for a global batch of 1920
 GC="torchrun --standalone --nproc_per_node=$NPROC -m gaincell"
 [ "$NPROC" = 1 ] && GC=gaincell
-COMMON="--batch-size 1920 --grad-accum $ACCUM --context 1024 --lr 6e-4 --min-lr 6e-5 --warmup 2000 --lr-decay-steps 600000
-        --weight-decay 0.1 --grad-clip 1.0 --eval-every 100 --eval-batches 100 --save-every 100 --precision bf16 --seed 1337"
+COMMON="--grad-accum $ACCUM"   # every other setting: the recipes/*.yaml files
 set -x
 mkdir -p "$RUN"
 [ -f "$RUN/owt-train.bin" ] || gaincell prepare --text "$DATA" --tokenizer "$MODEL" --out "$RUN/owt-train.bin"
 [ -f "$RUN/owt-val.bin" ] || gaincell prepare --text "$DATA" --tokenizer "$MODEL" --out "$RUN/owt-val.bin" --max-docs 4007
-$GC finetune --model "$MODEL" --hardware paper-linear --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" --keep-best \
-    --steps "$LINEAR_STEPS" --role linear $COMMON --out "$RUN/linear"
+$GC finetune --model "$MODEL" --hardware paper-linear --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" \
+    --config "$HERE"/gpt2-paper-linear.yaml --role linear ${LINEAR_STEPS:+--steps $LINEAR_STEPS} $COMMON --out "$RUN/linear"
 gaincell adapt --model "$RUN/linear/model" --hardware paper --calib "$RUN/owt-train.bin" --calib-batch 16 \
     --calib-context 1024 --eval "$RUN/owt-val.bin" --out "$RUN/adapted" --json > "$RUN/adapt.json"
-$GC finetune --model "$RUN/adapted" --hardware paper --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" --keep-best \
-    --steps "$NONLINEAR_STEPS" --role nonlinear $COMMON --out "$RUN/nonlinear"
+$GC finetune --model "$RUN/adapted" --hardware paper --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" \
+    --config "$HERE"/gpt2-paper-nonlinear.yaml --role nonlinear ${NONLINEAR_STEPS:+--steps $NONLINEAR_STEPS} $COMMON --out "$RUN/nonlinear"
 gaincell bench --models "$MODEL,$RUN/linear/model,$RUN/adapted,$RUN/nonlinear/model" \
     --tasks wikitext,lambada_openai,hellaswag,arc_easy,arc_challenge,winogrande,piqa --batch-size 64 --out "$RUN/bench"

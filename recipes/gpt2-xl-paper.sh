@@ -10,6 +10,7 @@
 # Memory: fp32 weights + AdamW state + gradients are ~24 GB per process under DDP (fits 40-80 GB GPUs); on smaller GPUs
 # set FSDP=1 to shard them across the processes (--fsdp, FSDP2).
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 RUN=${1:-runs/gpt2-xl-paper}
 NPROC=${NPROC:-8}
 DATA=${DATA:-hf:Skylion007/openwebtext:train}
@@ -18,17 +19,16 @@ ACCUM=$(( 480 / (MICRO * NPROC) ))
 SHARD=${FSDP:+--fsdp}
 GC="torchrun --standalone --nproc_per_node=$NPROC -m gaincell"
 [ "$NPROC" = 1 ] && GC=gaincell
-COMMON="--batch-size 480 --grad-accum $ACCUM --context 1024 --lr 6e-4 --min-lr 6e-5 --warmup 2000 --lr-decay-steps 600000
-        --weight-decay 0.1 --grad-clip 1.0 --eval-every 100 --eval-batches 50 --save-every 100 --precision bf16 --seed 1337 $SHARD"
+COMMON="--grad-accum $ACCUM $SHARD"   # every other setting: the recipes/*.yaml files
 set -x
 mkdir -p "$RUN"
 [ -f "$RUN/owt-train.bin" ] || gaincell prepare --text "$DATA" --tokenizer gpt2-xl --out "$RUN/owt-train.bin"
 [ -f "$RUN/owt-val.bin" ] || gaincell prepare --text "$DATA" --tokenizer gpt2-xl --out "$RUN/owt-val.bin" --max-docs 4007
-$GC finetune --model gpt2-xl --hardware paper-linear --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" --keep-best \
-    --steps 10000 --role linear $COMMON --out "$RUN/linear"
+$GC finetune --model gpt2-xl --hardware paper-linear --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" \
+    --config "$HERE"/gpt2-xl-paper-linear.yaml --role linear $COMMON --out "$RUN/linear"
 gaincell adapt --model "$RUN/linear/model" --hardware paper --calib "$RUN/owt-train.bin" --calib-batch 16 \
     --calib-context 1024 --eval "$RUN/owt-val.bin" --out "$RUN/adapted" --json > "$RUN/adapt.json"
-$GC finetune --model "$RUN/adapted" --hardware paper --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" --keep-best \
-    --steps 1000 --role nonlinear $COMMON --out "$RUN/nonlinear"
+$GC finetune --model "$RUN/adapted" --hardware paper --train "$RUN/owt-train.bin" --val "$RUN/owt-val.bin" \
+    --config "$HERE"/gpt2-xl-paper-nonlinear.yaml --role nonlinear $COMMON --out "$RUN/nonlinear"
 gaincell bench --models "gpt2-xl,$RUN/linear/model,$RUN/nonlinear/model" \
     --tasks wikitext,lambada_openai,hellaswag,arc_easy,arc_challenge,winogrande,piqa --batch-size 16 --out "$RUN/bench"

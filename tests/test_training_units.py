@@ -287,3 +287,43 @@ def test_reset_maps_starts_the_adaptation_from_unit_maps_and_changes_nothing_els
     assert all(torch.equal(x, y) for x, y in zip(by_option.state_dict().values(), by_hand.state_dict().values(), strict=True))
     kept = adapt(copy.deepcopy(linear), "paper", batch, max_iter=30)  # the default keeps the trained maps as the start
     assert kept.max_std_error[0] != a.max_std_error[0]
+
+
+# ---------------------------------------------------------------------------------------------------- settings files
+@pytest.mark.parametrize(
+    ("name", "steps", "batch"),
+    [
+        ("gpt2-paper-linear", 3000, 1920),
+        ("gpt2-paper-nonlinear", 13000, 1920),
+        ("gpt2-xl-paper-linear", 10000, 480),
+        ("gpt2-xl-paper-nonlinear", 1000, 480),
+    ],
+)
+def test_the_paper_schedules_ship_as_settings_files(name, steps, batch):
+    from pathlib import Path
+
+    cfg = TrainConfig.load(Path(__file__).parents[1] / "recipes" / f"{name}.yaml")
+    assert (cfg.steps, cfg.batch_size, cfg.context) == (steps, batch, 1024)  # 1,920 x 1,024 tokens per iteration
+    assert (cfg.lr, cfg.end_lr, cfg.warmup, cfg.lr_decay_steps) == (6e-4, 6e-5, 2000, 600_000)
+    assert (cfg.weight_decay, cfg.beta1, cfg.beta2, cfg.grad_clip, cfg.seed) == (0.1, 0.9, 0.95, 1.0, 1337)
+    assert cfg.precision == "bf16" and cfg.keep_best
+
+
+def test_a_settings_file_fills_the_flags_not_given_and_refuses_unknown_names(tmp_path):
+    from gaincell.cli import build_parser
+    from gaincell.cli.models import train_config_from
+
+    (tmp_path / "s.yaml").write_text("steps: 7\nlr: 1.0e-3\nkeep_best: true\n")
+    args = build_parser().parse_args(
+        ["finetune", "--model", "m", "--out", "o", "--config", str(tmp_path / "s.yaml"), "--lr", "2e-3"]
+    )
+    cfg = train_config_from(args)
+    assert (cfg.steps, cfg.lr, cfg.keep_best, cfg.batch_size) == (7, 2e-3, True, TrainConfig().batch_size)
+    args = build_parser().parse_args(["finetune", "--model", "m", "--out", "o"])
+    assert train_config_from(args) == TrainConfig()  # no file, no flags: the dataclass defaults
+    (tmp_path / "bad.yaml").write_text("steps: 7\nlearning_rate: 1\n")
+    with pytest.raises(GaincellError, match="unknown training setting 'learning_rate'"):
+        TrainConfig.load(tmp_path / "bad.yaml")
+    (tmp_path / "range.json").write_text('{"steps": 0}')
+    with pytest.raises(GaincellError, match="steps = 0"):
+        TrainConfig.load(tmp_path / "range.json")

@@ -42,8 +42,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------- finetune
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per field of the dataclass ``cls``, with its default, type and help (field metadata "help")
-    taken from the dataclass itself, so every default exists in one place."""
+    """One ``--flag`` per field of the dataclass ``cls``, with its type, help (field metadata "help") and the default
+    shown, all taken from the dataclass itself, so every default exists in one place.  A flag that is not given is
+    left out of the namespace (so a settings file can fill it, see :func:`train_config_from`)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -51,17 +52,20 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         choices = f.metadata.get("choices")
         kind = hints[f.name]
         if kind is bool:
-            parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
             continue
         scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
         shown = "" if f.default is None else f" (default: {f.default})"
-        parser.add_argument(flag, type=scalar, default=f.default, choices=choices, help=help_text + shown)
+        parser.add_argument(flag, type=scalar, default=argparse.SUPPRESS, choices=choices, help=help_text + shown)
 
 
 def train_config_from(args: argparse.Namespace) -> Any:
-    from gaincell.train import TrainConfig
+    """The run's settings: the dataclass defaults, then the ``--config`` file, then the flags given."""
+    from gaincell.training_config import TrainConfig
 
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    values = dataclasses.asdict(TrainConfig.load(args.config)) if args.config else {}
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)})
+    return TrainConfig.from_dict(values, source="the finetune settings")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -325,6 +329,12 @@ def _register_finetune(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="training settings from a YAML/JSON file (e.g. recipes/gpt2-paper-linear.yaml); flags given override it",
+    )
     add_dataclass_flags(p.add_argument_group("training settings (gaincell.train.TrainConfig)"), TrainConfig)  # type: ignore[arg-type]
     p.set_defaults(handler=cmd_finetune)
 
