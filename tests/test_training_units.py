@@ -327,3 +327,88 @@ def test_a_settings_file_fills_the_flags_not_given_and_refuses_unknown_names(tmp
     (tmp_path / "range.json").write_text('{"steps": 0}')
     with pytest.raises(GaincellError, match="steps = 0"):
         TrainConfig.load(tmp_path / "range.json")
+
+
+# ---------------------------------------------------------------------------------------------------- adaptation targets
+def test_the_maps_record_an_ema_of_each_batchs_per_head_statistics_only_while_training():
+    from gaincell.attention import HeadMaps
+
+    maps = HeadMaps(n_heads=2, n_kv_heads=2, layer=0)
+    a, b = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4) * 2 + 1
+
+    def stats(x):
+        x = x.double()
+        return torch.stack([x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False).sqrt()])
+
+    maps.record("q", a)
+    assert maps.targets == {}  # no rate: nothing recorded
+    maps.target_rate = 0.1
+    maps.train()
+    maps.record("q", a)
+    torch.testing.assert_close(maps.targets["q"], stats(a))  # the first batch starts the average
+    maps.record("q", b)
+    torch.testing.assert_close(maps.targets["q"], 0.9 * stats(a) + 0.1 * stats(b))
+    maps.eval()
+    maps.record("q", b * 10)  # evaluation passes do not count
+    torch.testing.assert_close(maps.targets["q"], 0.9 * stats(a) + 0.1 * stats(b))
+
+
+def _linear_run(tmp_path, name, stop_after=None, **kw):
+    from gaincell.attention import head_maps
+    from gaincell.model import convert
+
+    model = convert(_tiny_model(), "paper-linear")
+    with torch.no_grad():
+        for m in head_maps(model):
+            m.q_scale.fill_(4.0)
+            m.k_scale.fill_(3.0)
+    ids = torch.randint(0, 61, (600,), generator=torch.Generator().manual_seed(3))
+    cfg = TrainConfig(steps=6, batch_size=4, context=16, warmup=1, eval_every=3, save_every=2, log_every=1, lr=1e-3)
+    finetune(model, ids, ids[:100], dataclasses.replace(cfg, **kw), tmp_path / name, stop_after=stop_after, progress=False)
+    return model
+
+
+def test_the_linear_fine_tune_saves_its_targets_and_adapt_uses_them(tmp_path):
+    from gaincell.adapt import adapt, head_statistics, recorded_targets
+    from gaincell.attention import head_maps
+    from gaincell.hub import load
+
+    trained = _linear_run(tmp_path, "lin")
+    assert all(m.target_rate is None for m in head_maps(trained))  # finetune leaves the model recording nothing
+    assert (tmp_path / "lin" / "model" / "targets.safetensors").is_file()
+    model = load(tmp_path / "lin" / "model")
+    recorded = recorded_targets(model)
+    assert recorded is not None and set(recorded) == {(0, n) for n in ("q", "k", "v", "out")}
+    for (layer, name), (mean, std) in recorded.items():
+        want = next(m for m in head_maps(trained) if m.layer == layer).targets[name]
+        assert torch.equal(mean, want[0]) and torch.equal(std, want[1])
+    batch = torch.randint(0, 61, (4, 16))
+    result = adapt(model, "paper", batch, max_iter=60)
+    assert result.target_source == "recorded" and result.to_dict()["target_source"] == "recorded"
+    stats, _ = head_statistics(model, batch)
+    for key, (mean, std) in recorded.items():  # the adapted model matches the recorded targets, not the batch's own
+        torch.testing.assert_close(stats[key][1], std, rtol=0.05, atol=5e-3)
+        torch.testing.assert_close(stats[key][0], mean, rtol=0.05, atol=5e-3)
+    again = adapt(load(tmp_path / "lin" / "model"), "paper", batch, max_iter=5, target_source="batch")
+    assert again.target_source == "batch"
+    from gaincell.model import convert
+
+    with pytest.raises(GaincellError, match="no recorded adaptation targets"):
+        adapt(convert(_tiny_model(), "paper-linear"), "paper", batch, target_source="recorded")
+
+
+def test_recorded_targets_resume_exactly_and_can_be_switched_off(tmp_path):
+    from gaincell.attention import head_maps
+    from gaincell.model import convert
+
+    whole = _linear_run(tmp_path, "whole")
+    _linear_run(tmp_path, "cut", stop_after=3)
+    resumed = convert(_tiny_model(), "paper-linear")  # as a fresh process: everything comes from the checkpoint
+    ids = torch.randint(0, 61, (600,), generator=torch.Generator().manual_seed(3))
+    cfg = TrainConfig(steps=6, batch_size=4, context=16, warmup=1, eval_every=3, save_every=2, log_every=1, lr=1e-3)
+    finetune(resumed, ids, ids[:100], cfg, tmp_path / "cut", progress=False)
+    for a, b in zip(head_maps(whole), head_maps(resumed), strict=True):
+        assert set(a.targets) == {"q", "k", "v", "out"} == set(b.targets)
+        assert all(torch.equal(a.targets[k], b.targets[k]) for k in a.targets)
+    off = _linear_run(tmp_path, "off", target_ema=None)
+    assert all(m.targets == {} for m in head_maps(off)) and not (tmp_path / "off" / "model" / "targets.safetensors").exists()

@@ -27,7 +27,7 @@ from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
 from gaincell.model import convert
 
-__all__ = ["AdaptResult", "adapt", "head_statistics", "reset_head_maps"]
+__all__ = ["AdaptResult", "adapt", "head_statistics", "recorded_targets", "reset_head_maps"]
 
 _TENSORS = ("q", "k", "v", "out")
 _PARAMS = {"q": ("q_scale", "q_bias"), "k": ("k_scale", "k_bias"), "v": ("v_scale", "v_bias"), "out": ("out_scale", "out_bias")}
@@ -40,9 +40,11 @@ class AdaptResult:
     loss: list[float] = field(default_factory=list)  # calibration cross-entropy before each iteration, then final
     max_std_error: list[float] = field(default_factory=list)
     max_mean_error: list[float] = field(default_factory=list)
+    target_source: str = "batch"  # "recorded": EMA statistics saved with the model; "batch": measured on the batch
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "target_source": self.target_source,
             "iterations": self.iterations,
             "converged": self.converged,
             "loss": self.loss,
@@ -88,6 +90,7 @@ def adapt(
     tol: float = 1e-4,
     max_iter: int = 100,
     reset_maps: bool = False,
+    target_source: str = "auto",
     progress: bool = False,
 ) -> AdaptResult:
     """Adapt a linear-hardware model to ``hardware`` in place (only the per-head maps change).
@@ -97,7 +100,11 @@ def adapt(
             targets); it ends converted to ``hardware``.
         hardware: the target (nonlinear) hardware config.
         calibration: (B, T) token ids of the calibration batch.
-        targets: precomputed target statistics; default: recorded from ``model`` as it is on entry.
+        targets: precomputed target statistics (overrides ``target_source``).
+        target_source: where the targets come from: ``"recorded"`` — the per-head EMA statistics recorded while the
+            linear model was fine-tuned and saved with it (as the published code does); ``"batch"`` — measured on
+            the calibration batch from the model as it is on entry; ``"auto"`` (default) — recorded when the model
+            carries them, else the batch.  The result says which (``target_source``).
         reset_maps: start from a = 1, b = 0 for every map (q, k, v and the output) instead of the linear model's
             trained maps: the arXiv-era variant of the published code (the published code today keeps the trained
             maps, the default).  The targets are recorded before the reset.
@@ -107,13 +114,14 @@ def adapt(
     target_cfg = _check_inputs(model, hardware, calibration, alpha_min, anneal, tol, max_iter)
     was_training = model.training
     model.eval()
+    source = "given"
     if targets is None:
-        targets, _ = head_statistics(model, calibration)
+        targets, source = _targets(model, calibration, target_source)
     convert(model, target_cfg)
     maps = {m.layer: m for m in head_maps(model)}
     if reset_maps:
         reset_head_maps(model)
-    result = AdaptResult(iterations=0, converged=False)
+    result = AdaptResult(iterations=0, converged=False, target_source=source)
     try:
         with tqdm(total=max_iter, desc="adapting", unit="it", leave=False, disable=not progress) as bar:
             for it in range(max_iter):
@@ -134,6 +142,32 @@ def adapt(
     finally:
         model.train(was_training)
     return result
+
+
+def recorded_targets(model: nn.Module) -> dict[tuple[int, str], tuple[Tensor, Tensor]] | None:
+    """The EMA adaptation targets the model carries (recorded while it was fine-tuned), or None if any is missing."""
+    found = {}
+    for maps in head_maps(model):
+        for name in _TENSORS:
+            if name not in maps.targets:
+                return None
+            mean, std = maps.targets[name]
+            found[(maps.layer, name)] = (mean, std)
+    return found or None
+
+
+def _targets(model: nn.Module, calibration: Tensor, source: str) -> tuple[dict[tuple[int, str], tuple[Tensor, Tensor]], str]:
+    if source not in ("auto", "recorded", "batch"):
+        raise GaincellError(f"target_source must be 'auto', 'recorded' or 'batch', got {source!r}")
+    recorded = recorded_targets(model) if source != "batch" else None
+    if recorded is not None:
+        return recorded, "recorded"
+    if source == "recorded":
+        raise GaincellError(
+            "the model carries no recorded adaptation targets (fine-tune it on the linear hardware with target_ema "
+            "set, or use target_source='batch')"
+        )
+    return head_statistics(model, calibration)[0], "batch"
 
 
 def reset_head_maps(model: nn.Module) -> nn.Module:

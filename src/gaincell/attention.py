@@ -118,6 +118,10 @@ class HeadMaps(nn.Module):
         self.spec: AttentionSpec = SoftmaxSpec()
         self.model_window: int | None = None  # the model's own sliding window for this layer (see gaincell.families)
         self.recorder: dict[str, list[Tensor]] | None = None  # per-head running sums while recording statistics
+        # adaptation targets recorded while training (as the published code does during the linear fine-tune): an
+        # exponential moving average, at ``target_rate``, of each batch's per-head (mean, std) of q, k, v and the output
+        self.target_rate: float | None = None
+        self.targets: dict[str, Tensor] = {}  # name -> (2, heads): EMA of the mean and of the std
         self.generator: torch.Generator | None = None  # noise stream of this layer (advances call to call)
         self.active_cache: Any = None  # the AnalogKVCache layer that just received this layer's new K and V
 
@@ -141,15 +145,21 @@ class HeadMaps(nn.Module):
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + bias.view(1, -1, 1, 1).to(x.dtype)
 
     def record(self, name: str, x: Tensor) -> None:
-        """Accumulate per-head count, sum and sum of squares of x (B, heads, T, D) over batch, tokens, features."""
-        if self.recorder is None:
+        """Accumulate per-head count, sum and sum of squares of x (B, heads, T, D) over batch, tokens, features (while
+        ``recorder`` is set); in training with ``target_rate`` set, also update the EMA targets."""
+        tracking = self.target_rate is not None and self.training and torch.is_grad_enabled()
+        if self.recorder is None and not tracking:
             return
         x = x.detach().double()
         stats = torch.stack([torch.full_like(x[0, :, 0, 0], x[:, 0].numel()), x.sum((0, 2, 3)), (x * x).sum((0, 2, 3))])
-        if name in self.recorder:
-            self.recorder[name] = self.recorder[name] + stats  # type: ignore[operator]
-        else:
-            self.recorder[name] = stats  # type: ignore[assignment]
+        if self.recorder is not None:
+            self.recorder[name] = self.recorder[name] + stats if name in self.recorder else stats  # type: ignore[assignment,operator]
+        if tracking:
+            n, s, ss = stats
+            mean = s / n
+            batch = torch.stack([mean, (ss / n - mean * mean).clamp(min=0).sqrt()])
+            old = self.targets.get(name)  # the first batch starts the average
+            self.targets[name] = batch if old is None else old.lerp(batch, self.target_rate)  # type: ignore[arg-type]
 
 
 def layer_spec(spec: AttentionSpec, model_window: int | None) -> AttentionSpec:

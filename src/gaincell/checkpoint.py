@@ -166,11 +166,12 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def read_checkpoint(path: Path, model: nn.Module, settings: dict[str, Any], device: torch.device, weights: bool) -> int:
-    """Noise generators and (``weights``) the weights into the not yet wrapped model; returns the checkpointed step.
+    """Noise generators, recorded adaptation targets and (``weights``) the weights into the not yet wrapped model;
+    returns the checkpointed step.
 
     ``settings``: this run's training settings as a dict; those of :data:`RESUME_MUST_MATCH` must equal the saved ones.
     """
-    from gaincell.hub import read_weights
+    from gaincell.hub import read_targets, read_weights
 
     state = json.loads((path / "state.json").read_text())
     saved = state["config"]
@@ -182,6 +183,7 @@ def read_checkpoint(path: Path, model: nn.Module, settings: dict[str, Any], devi
             )
     if weights:
         model.load_state_dict(read_weights(path))
+    read_targets(path, model)  # the EMA adaptation targets recorded so far, which resume where they were
     if (path / "noise_state.safetensors").is_file():
         _restore_noise_streams(path, model, device)
     return int(state["step"])

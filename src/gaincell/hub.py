@@ -26,9 +26,21 @@ from gaincell.errors import GaincellError
 from gaincell.files import atomic_dir
 from gaincell.model import convert
 
-__all__ = ["load", "load_tokenizer", "package_model", "read_weights", "save", "shipped_models", "zoo_dir"]
+__all__ = [
+    "TARGETS_FILE",
+    "load",
+    "load_tokenizer",
+    "package_model",
+    "read_targets",
+    "read_weights",
+    "save",
+    "shipped_models",
+    "zoo_dir",
+]
 
 FORMAT = 1
+#: per-head EMA statistics recorded while training, the adaptation targets (see gaincell.adapt)
+TARGETS_FILE = "targets.safetensors"
 
 
 def zoo_dir() -> Path:
@@ -81,8 +93,31 @@ def write_model_files(
     spec = attention_spec(model)
     info = {"format": FORMAT, "attention": None if spec is None else spec_to_dict(spec), **(metadata or {})}
     (folder / "gaincell.json").write_text(json.dumps(info, indent=2) + "\n")
+    targets = {f"{maps.layer}.{name}": t.cpu() for maps in _head_maps_of(model) for name, t in maps.targets.items()}
+    if targets:  # the adaptation targets recorded while training (see gaincell.adapt)
+        save_file(targets, folder / TARGETS_FILE)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+
+
+def _head_maps_of(model: nn.Module) -> list[Any]:
+    from gaincell.attention import head_maps, is_converted
+
+    return list(head_maps(model)) if is_converted(model) else []
+
+
+def read_targets(folder: Path, model: nn.Module) -> bool:
+    """Attach the adaptation targets saved in ``folder`` (``targets.safetensors``) to ``model``'s per-head maps;
+    False when there are none."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / TARGETS_FILE
+    if not path.is_file():
+        return False
+    saved = load_file(path)
+    for maps in _head_maps_of(model):
+        maps.targets = {key.split(".", 1)[1]: t for key, t in saved.items() if int(key.split(".", 1)[0]) == maps.layer}
+    return True
 
 
 def save(
@@ -183,6 +218,7 @@ def _load_gaincell_folder(folder: Path, info: dict[str, Any]) -> nn.Module:
         )
         raise GaincellError(f"{folder}: weights do not match config.json ({detail})")
     model.load_state_dict(state)
+    read_targets(folder, model)
     return model
 
 

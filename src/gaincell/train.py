@@ -439,6 +439,23 @@ def _best_step(folder: Path) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def _recording_targets(model: nn.Module, rate: float | None) -> Any:
+    """Record the per-head EMA adaptation targets at ``rate`` while training on analog hardware (see
+    :class:`~gaincell.attention.HeadMaps`); the model records nothing afterwards."""
+    from gaincell.attention import attention_spec, head_maps
+    from gaincell.config import HardwareConfig
+
+    maps = list(head_maps(model)) if rate is not None and isinstance(attention_spec(model), HardwareConfig) else []
+    for m in maps:
+        m.target_rate = rate
+    try:
+        yield
+    finally:
+        for m in maps:
+            m.target_rate = None
+
+
 def _freeze(teacher: nn.Module | None) -> None:
     if teacher is not None:
         teacher.eval()
@@ -475,36 +492,37 @@ def finetune(
     from tqdm import tqdm
 
     cfg.validate()
-    run = _Run(model, cfg, Path(out), device, teacher, dict(metadata or {}))
-    dist = run.dist
-    model.train()
-    _freeze(teacher)
-    run.restore(resume)
-    started_at = time.time()
-    run.redo_cut_evaluation(val_ids)
-    run.start_tracking(val_ids)
-    first = cfg.steps if run.out_of_patience else run.start  # a run that already stopped early has nothing left to do
-    bar = tqdm(total=cfg.steps, initial=run.start, desc="training", unit="step", disable=not (progress and dist.main))
-    with _StopRequest(announce=dist.main) as stop_request, bar:
-        try:
-            for step in range(first, cfg.steps):
-                record = run.optimizer_step(step, train_ids, stop_request.requested)
-                run.evaluate_and_log(record, val_ids, started_at)
-                run.track(record)
-                val_ppl = {"val_ppl": f"{record['val_ppl']:.1f}"} if "val_ppl" in record else {}
-                bar.set_postfix(loss=f"{record['loss']:.3f}", **val_ppl)
-                bar.update(1)
-                if run.checkpoint_and_stop(step, stop_after):
-                    break
-        except RuntimeError as exc:
-            if not (dist.enabled and is_peer_failure(exc)):
+    with _recording_targets(model, cfg.target_ema):  # the adaptation targets, while this run trains
+        run = _Run(model, cfg, Path(out), device, teacher, dict(metadata or {}))
+        dist = run.dist
+        model.train()
+        _freeze(teacher)
+        run.restore(resume)
+        started_at = time.time()
+        run.redo_cut_evaluation(val_ids)
+        run.start_tracking(val_ids)
+        first = cfg.steps if run.out_of_patience else run.start  # a run that already stopped early has nothing left to do
+        bar = tqdm(total=cfg.steps, initial=run.start, desc="training", unit="step", disable=not (progress and dist.main))
+        with _StopRequest(announce=dist.main) as stop_request, bar:
+            try:
+                for step in range(first, cfg.steps):
+                    record = run.optimizer_step(step, train_ids, stop_request.requested)
+                    run.evaluate_and_log(record, val_ids, started_at)
+                    run.track(record)
+                    val_ppl = {"val_ppl": f"{record['val_ppl']:.1f}"} if "val_ppl" in record else {}
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", **val_ppl)
+                    bar.update(1)
+                    if run.checkpoint_and_stop(step, stop_after):
+                        break
+            except RuntimeError as exc:
+                if not (dist.enabled and is_peer_failure(exc)):
+                    raise
+                raise run.peer_failure(exc) from exc
+            except KeyboardInterrupt:
+                run.save_interrupted()
                 raise
-            raise run.peer_failure(exc) from exc
-        except KeyboardInterrupt:
-            run.save_interrupted()
-            raise
-    summary = run.summary(stop_request.signal)
-    if "stopped_at" not in summary:
-        run.restore_best()
-        run.save_final(summary, tokenizer)
-    return summary
+        summary = run.summary(stop_request.signal)
+        if "stopped_at" not in summary:
+            run.restore_best()
+            run.save_final(summary, tokenizer)
+        return summary

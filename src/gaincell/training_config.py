@@ -60,6 +60,11 @@ class TrainConfig:
         False, "shard parameters, gradients and optimizer state across processes (FSDP2) instead of DDP; not with fp16"
     )
     compile: bool = _setting(False, "torch.compile the digital layers (the analog attention always runs eagerly)")
+    target_ema: float | None = _setting(
+        0.1,
+        "on analog hardware, record per-head EMA statistics (mean, std) of the scaled q, k, v and head output at this "
+        "rate, the adaptation targets saved with the model (as the published linear fine-tune does); none: do not",
+    )
     keep_best: bool = _setting(
         False,
         "ship the weights with the lowest validation loss (the starting model included) instead of the last ones; "
@@ -91,6 +96,7 @@ class TrainConfig:
             "precision": self.precision in _PRECISIONS,
             "fsdp": not (self.fsdp and self.precision == "fp16"),  # no sharded loss scaler: use bf16 with FSDP
             "patience": self.patience is None or self.patience >= 1,
+            "target_ema": self.target_ema is None or 0 < self.target_ema <= 1,
         }
         for name, ok in checks.items():
             if not ok:

@@ -122,7 +122,7 @@ def report_finetune(summary: dict[str, Any], cfg: Any, out: Path) -> int:
 
 # ---------------------------------------------------------------------------------------------------- adapt
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from gaincell.adapt import adapt, head_statistics
+    from gaincell.adapt import adapt
     from gaincell.distributed import Distributed
     from gaincell.hub import save
     from gaincell.train import sample_batch
@@ -131,13 +131,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     batch, _ = sample_batch(text_token_ids(args.calib, tok), args.calib_batch, args.calib_context, args.seed)
     eval_ids = text_token_ids(args.eval, tok) if args.eval else None
     report: dict[str, Any] = {"model": args.model, "hardware": args.hardware}
-    targets, _ = head_statistics(model, batch)
     if eval_ids is not None:
         report.update(_perplexities_before_adapting(model, eval_ids, args))
     settings = {"tol": args.tol, "max_iter": args.max_iter, "alpha_min": args.alpha_min, "anneal": args.anneal}
-    settings["reset_maps"] = args.reset_maps
+    settings.update(reset_maps=args.reset_maps, target_source=args.targets)
     report["reset_maps"] = args.reset_maps
-    result = adapt(model, args.hardware, batch, targets=targets, progress=not args.quiet, **settings)
+    result = adapt(model, args.hardware, batch, progress=not args.quiet, **settings)
     dist = Distributed()
     if dist.enabled:  # every rank adapted the same batch; rank 0's maps are the reference
         _broadcast_head_maps(model)
@@ -183,7 +182,8 @@ def _broadcast_head_maps(model: Any) -> None:
 
 def _adapt_lines(report: dict[str, Any], result: Any, out: str | None) -> list[str]:
     lines = [
-        f"adaptation: {result.iterations} iterations, {'converged' if result.converged else 'not converged'}",
+        f"adaptation: {result.iterations} iterations, {'converged' if result.converged else 'not converged'} "
+        f"(targets: {result.target_source})",
         f"calibration loss {result.loss[0]:.3f} -> {result.loss[-1]:.3f}",
     ]
     labels = {
@@ -351,6 +351,13 @@ def _register_adapt(sub: Any) -> None:
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--alpha-min", type=float, default=0.1)
     p.add_argument("--anneal", type=int, default=50)
+    p.add_argument(
+        "--targets",
+        default="auto",
+        choices=["auto", "recorded", "batch"],
+        help="adaptation targets: recorded while the linear model was fine-tuned (saved with it), measured on the "
+        "calibration batch, or auto (recorded when present)",
+    )
     p.add_argument(
         "--reset-maps",
         action="store_true",
