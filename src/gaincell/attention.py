@@ -159,7 +159,8 @@ class HeadMaps(nn.Module):
             mean = s / n
             batch = torch.stack([mean, (ss / n - mean * mean).clamp(min=0).sqrt()])
             old = self.targets.get(name)  # the first batch starts the average
-            self.targets[name] = batch if old is None else old.lerp(batch, self.target_rate)  # type: ignore[arg-type]
+            # (targets read back from a file sit on the CPU; a model on a GPU records on the GPU)
+            self.targets[name] = batch if old is None else old.to(batch).lerp(batch, self.target_rate)  # type: ignore[arg-type]
 
 
 def layer_spec(spec: AttentionSpec, model_window: int | None) -> AttentionSpec:
