@@ -251,6 +251,7 @@ def test_noise_is_off_by_default_and_seeded():
         ("write_noise", 0.02),
         ("cell_gain_variation", 0.05),
         ("cell_offset_variation", 0.1),
+        ("read_snr_db", 10.0),
     ]:
         noisy_cfg = cfg.replace(**{field: value})
         a = analog_attention(q, k, v, noisy_cfg)
@@ -275,6 +276,44 @@ def test_read_noise_on_output_has_the_configured_std():
     assert not torch.allclose(analog_attention(q, k, v, cfg, generator=gen) - clean, diff)
 
 
+def test_signal_relative_read_noise_scales_with_the_read_signal():
+    from gaincell.kernel.blocks import _add_read_noise, _window_rms
+    from gaincell.kernel.plan import block_geometry, make_plan
+
+    # std = rms * 10^(-snr/20), per read: a row 10x larger gets 10x the noise
+    x = torch.ones(4, 3, 20000, dtype=torch.float64)
+    x[:, 1] *= 10.0
+    rms = x.square().mean(-1, keepdim=True).sqrt()
+    before = x.clone()
+    _add_read_noise(x, 0.0, 10.0 ** (-10.0 / 20.0), rms, torch.Generator().manual_seed(0))
+    std = (x - before).std(-1)
+    assert std[:, 0].mean().item() == pytest.approx(10.0**-0.5, rel=0.02)
+    assert std[:, 1].mean().item() == pytest.approx(10.0**0.5, rel=0.02)
+    # absolute and relative noise add in quadrature
+    y = torch.zeros(1, 1, 40000, dtype=torch.float64)
+    _add_read_noise(y, 0.3, 0.1, torch.full((1, 1, 1), 4.0, dtype=torch.float64), torch.Generator().manual_seed(1))
+    assert y.std().item() == pytest.approx(math.hypot(0.3, 0.4), rel=0.02)
+    # the score rms counts only the keys inside each query's window
+    cfg = HardwareConfig.preset("paper").replace(window=16, array_size=8)
+    plan = make_plan(cfg, 40, 40, 4, decay=cfg.decay_per_token, backward=False)
+    block = block_geometry(plan, 16, 32, {1}, torch.zeros(1, dtype=torch.float64))
+    scores = torch.rand(1, block.n_key_slots, block.n_queries, dtype=torch.float64) + 0.5
+    mask = torch.ones_like(scores[0]) if block.window_mask is None else block.window_mask
+    expected = ((scores.square() * mask).sum(-2) / mask.sum(-2)).sqrt()
+    torch.testing.assert_close(_window_rms(block, scores)[:, 0], expected)
+
+
+def test_signal_relative_read_noise_is_off_at_infinite_snr_and_bad_values_are_refused():
+    cfg = HardwareConfig.preset("paper").replace(**SAT, q_levels=None, kv_levels=None, out_levels=None)
+    q, k, v = _inputs(1, 2, 60, 60, 8, seed=1)
+    clean = analog_attention(q, k, v, cfg)
+    torch.testing.assert_close(analog_attention(q, k, v, cfg.replace(read_snr_db=300.0)), clean, rtol=0, atol=1e-12)
+    assert cfg.replace(read_snr_db=10.0).has_noise and not cfg.has_noise
+    for bad in (float("nan"), float("inf"), "10", True):
+        with pytest.raises(ValueError, match="read_snr_db"):
+            cfg.replace(read_snr_db=bad)
+
+
 def test_cell_variation_matches_reference_with_the_same_maps():
     cfg = HardwareConfig.preset("paper").replace(
         **SAT, window=40, array_size=16, cell_gain_variation=0.1, cell_offset_variation=0.3, seed=7
@@ -287,7 +326,7 @@ def test_cell_variation_matches_reference_with_the_same_maps():
 
 
 def test_noisy_backward_replays_the_forward_noise():
-    cfg = HardwareConfig.preset("paper").replace(**SAT, read_noise_score=0.5, read_noise_output=0.3)
+    cfg = HardwareConfig.preset("paper").replace(**SAT, read_noise_score=0.5, read_noise_output=0.3, read_snr_db=10.0)
     q, k, v = _inputs(1, 2, 50, 50, 8, seed=2, grad=True)
     gen = torch.Generator().manual_seed(5)
     out = analog_attention(q, k, v, cfg, generator=gen)

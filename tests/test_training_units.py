@@ -103,15 +103,45 @@ def test_a_checkpoint_written_with_the_former_defaults_resumes(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
 def test_param_names_follow_the_optimizer_index():
-    model = _tiny_model()
-    opt = torch.optim.AdamW(param_groups(model, 0.1))
-    by_index = [p for group in opt.param_groups for p in group["params"]]
-    params = dict(model.named_parameters())
-    names = param_names(model)
-    assert len(names) == len(by_index) == len(params)
-    assert all(params[name] is p for name, p in zip(names, by_index, strict=True))
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
-    assert all(p.dim() >= 2 for p in opt.param_groups[0]["params"]) and all(p.dim() < 2 for p in opt.param_groups[1]["params"])
+    from gaincell.attention import head_maps
+    from gaincell.model import convert
+
+    for model in (_tiny_model(), convert(_tiny_model(), "paper")):
+        map_params = {id(p) for m in head_maps(model) for p in m.parameters()}
+        for decay_maps in (True, False):
+            opt = torch.optim.AdamW(param_groups(model, 0.1, decay_maps))
+            by_index = [p for group in opt.param_groups for p in group["params"]]
+            params = dict(model.named_parameters())
+            names = param_names(model)
+            assert len(names) == len(by_index) == len(params)
+            assert all(params[name] is p for name, p in zip(names, by_index, strict=True))
+            assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.1 if decay_maps else 0.0, 0.0]
+            matrices, maps, vectors = (g["params"] for g in opt.param_groups)
+            assert all(p.dim() >= 2 for p in matrices) and all(p.dim() < 2 for p in vectors)
+            assert {id(p) for p in maps} == map_params
+            assert len(maps) == (0 if not map_params else 8 * len(list(head_maps(model))))
+
+
+def test_decay_head_maps_shrinks_the_maps_and_must_match_on_resume(tmp_path):
+    """The only difference between the two settings is the maps group's weight decay (previous test); here its effect:
+    the decayed maps end smaller, and a resume cannot silently switch it (the optimizer state carries it)."""
+    from gaincell.attention import head_maps
+
+    on = _linear_run(tmp_path, "on", decay_head_maps=True)
+    off = _linear_run(tmp_path, "off", decay_head_maps=False)
+    maps_on = torch.cat([p.detach().flatten() for m in head_maps(on) for p in m.parameters()])
+    maps_off = torch.cat([p.detach().flatten() for m in head_maps(off) for p in m.parameters()])
+    assert not torch.equal(maps_on, maps_off)
+    # decoupled AdamW decay: on the maps it multiplies by (1 - lr * wd) each step, so the decayed maps are smaller
+    assert maps_on.abs().sum() < maps_off.abs().sum()
+    with pytest.raises(GaincellError, match="decay_head_maps = True, now False"):
+        read_checkpoint(
+            tmp_path / "on" / "checkpoint",
+            _tiny_model(),
+            {**json.loads((tmp_path / "on" / "checkpoint" / "state.json").read_text())["config"], "decay_head_maps": False},
+            torch.device("cpu"),
+            False,
+        )
 
 
 def test_an_evaluation_cut_by_an_interruption_is_redone(tmp_path):

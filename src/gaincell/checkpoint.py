@@ -43,32 +43,41 @@ __all__ = [
 ]
 
 #: Settings a resumed run must share with the checkpoint: they decide which batches each step draws.
-RESUME_MUST_MATCH = ("batch_size", "context", "grad_accum", "seed", "steps")
+#: (``decay_head_maps`` because a resumed optimizer takes its groups' weight decay from the checkpoint.)
+RESUME_MUST_MATCH = ("batch_size", "context", "decay_head_maps", "grad_accum", "seed", "steps")
 
 
 # ---------------------------------------------------------------------------------------------------- optimizer order
-def _trained(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
-    """(name, parameter) pairs with and without weight decay, in the optimizer's order."""
-    decay, no_decay = [], []
+def _trained(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], ...]:
+    """(name, parameter) pairs in the optimizer's order: weight matrices, per-head maps, other vectors.
+
+    The order (and the three groups) do not depend on whether the maps decay, so optimizer indices mean the same
+    parameter in every run."""
+    from gaincell.attention import head_maps
+
+    map_ids = {id(p) for maps in head_maps(model) for p in maps.parameters()}
+    matrices, maps, vectors = [], [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append((name, p))
-    return decay, no_decay
+            (maps if id(p) in map_ids else matrices if p.dim() >= 2 else vectors).append((name, p))
+    return matrices, maps, vectors
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: matrices decay, vectors (biases, norms, per-head maps) do not."""
-    decay, no_decay = _trained(model)
+def param_groups(model: nn.Module, weight_decay: float, decay_head_maps: bool = True) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight matrices decay; the per-head maps (scales and offsets) decay when
+    ``decay_head_maps`` (the published trainer's rule: its maps are stored as (1, H, 1, 1) tensors, so its
+    "two or more dimensions" test decays them); biases and norms never do."""
+    matrices, maps, vectors = _trained(model)
     return [
-        {"params": [p for _, p in decay], "weight_decay": weight_decay},
-        {"params": [p for _, p in no_decay], "weight_decay": 0.0},
+        {"params": [p for _, p in matrices], "weight_decay": weight_decay},
+        {"params": [p for _, p in maps], "weight_decay": weight_decay if decay_head_maps else 0.0},
+        {"params": [p for _, p in vectors], "weight_decay": 0.0},
     ]
 
 
 def param_names(model: nn.Module) -> list[str]:
     """Parameter names by optimizer index (the index ``optimizer.state_dict()`` uses)."""
-    decay, no_decay = _trained(model)
-    return [n for n, _ in decay + no_decay]
+    return [n for group in _trained(model) for n, _ in group]
 
 
 def noise_generators(model: nn.Module) -> list[torch.Generator]:

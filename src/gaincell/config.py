@@ -204,6 +204,16 @@ class HardwareConfig:
             ">= 0, finite",
         ),
     )
+    read_snr_db: float | None = field(
+        default=None,
+        metadata=_meta(
+            "dB",
+            "[C] ReadNoise: 10 dB, evaluation only, switched off in every released model",
+            "signal-relative read noise on each score S and each tile sum A: Gaussian with std = rms of that read's "
+            "signal (the query's scores in its window; the tile's D sums) / 10^(snr/20); None = off",
+            "finite, or None",
+        ),
+    )
     write_noise: float = field(
         default=0.0,
         metadata=_meta(
@@ -294,6 +304,9 @@ class HardwareConfig:
         integer("kv_levels", 2, optional=True)
         integer("out_levels", 2, optional=True)
         integer("seed", 0)
+        snr = self.read_snr_db
+        if snr is not None and (isinstance(snr, bool) or not isinstance(snr, (int, float)) or not math.isfinite(snr)):
+            raise bad("read_snr_db", snr)
 
     # ------------------------------------------------------------------ derived quantities
     @property
@@ -314,7 +327,7 @@ class HardwareConfig:
     @property
     def has_noise(self) -> bool:
         """True when any random effect (read/write noise, cell variation) is switched on."""
-        return any(
+        return self.read_snr_db is not None or any(
             getattr(self, n) > 0
             for n in ("read_noise_score", "read_noise_output", "write_noise", "cell_gain_variation", "cell_offset_variation")
         )

@@ -219,7 +219,9 @@ class _Run:
             load_sharded_weights(model, read_weights(ckpt) if dist.main else {})
         if cfg.compile:  # graphs break at each attention call, which stays eager (see gaincell.model.gaincell_attention)
             self.wrapped = torch.compile(self.wrapped)
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, cfg.weight_decay, cfg.decay_head_maps), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         if resuming:
             load_from = dist.main or not dist.fsdp

@@ -39,7 +39,12 @@ class TrainConfig:
     lr: float = _setting(6e-4, "peak learning rate, reached at the end of the warm-up")
     min_lr: float | None = _setting(None, "learning rate at the end of the cosine decay (default: lr / 10)")
     warmup: int = _setting(100, "steps of linear learning-rate warm-up")
-    weight_decay: float = _setting(0.1, "AdamW weight decay of the weight matrices (vectors and per-head maps: none)")
+    weight_decay: float = _setting(0.1, "AdamW weight decay of the weight matrices (biases and norms: none)")
+    decay_head_maps: bool = _setting(
+        True,
+        "apply the weight decay to the per-head maps (scales and offsets) too, as the published trainer does; "
+        "false: exempt them like the biases and norms",
+    )
     beta1: float = _setting(0.9, "AdamW decay rate of the gradient mean")
     beta2: float = _setting(0.95, "AdamW decay rate of the squared-gradient mean")
     grad_clip: float = _setting(1.0, "clip the gradient norm to this value (0: no clipping)")

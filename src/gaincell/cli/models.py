@@ -52,7 +52,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         choices = f.metadata.get("choices")
         kind = hints[f.name]
         if kind is bool:
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f"{help_text} (default: {f.default})"
+            )
             continue
         scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
         shown = "" if f.default is None else f" (default: {f.default})"

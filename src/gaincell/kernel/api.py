@@ -84,7 +84,8 @@ def analog_attention(
     n_keys = k.shape[2]
     dtype = compute_dtype(q, k, v)
     cfg = config
-    noisy = cfg.write_noise > 0 or cfg.read_noise_score > 0 or cfg.read_noise_output > 0
+    reads_noisy = cfg.read_noise_score > 0 or cfg.read_noise_output > 0 or cfg.read_snr_db is not None
+    noisy = cfg.write_noise > 0 or reads_noisy
     if noisy and generator is None:
         generator = make_generator(cfg, layer, q.device)
     # Without write noise the kernel applies the DAC itself, block by block (no written copy of k and v is made).
@@ -116,7 +117,7 @@ def analog_attention(
     if plan.variation:
         maps = cell_variation(cfg, n_heads, head_dim, layer)
         variation = tuple(m.to(dtype=dtype, device=q.device) for m in maps)
-    read_gen = generator if (cfg.read_noise_score > 0 or cfg.read_noise_output > 0) else None
+    read_gen = generator if reads_noisy else None
     with torch.autocast(q.device.type, enabled=False):  # the arrays are simulated in float32: no bf16 shortcuts
         out = AnalogAttentionFunction.apply(q, k, v, plan, variation, dtype, read_gen)
     return out.to(q.dtype)

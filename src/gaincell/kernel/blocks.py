@@ -174,6 +174,31 @@ def _apply_window_mask(block: BlockGeometry, t: Tensor) -> None:
         t[..., end:, :].mul_(block.window_mask[end:])
 
 
+def _window_rms(block: BlockGeometry, scores_t: Tensor) -> Tensor:
+    """Root mean square of each query's scores over the keys of its window (scores_t: (c, L, bq) -> (c, 1, bq))."""
+    squares = scores_t.square()
+    if block.window_mask is None:
+        return squares.mean(-2, keepdim=True).sqrt_()
+    count = block.window_mask.sum(-2, keepdim=True).clamp_min_(1.0)
+    return (squares * block.window_mask).sum(-2, keepdim=True).div_(count).sqrt_()
+
+
+def _add_read_noise(
+    x: Tensor, absolute: float, relative: float | None, rms: Tensor | None, noise_gen: torch.Generator | None
+) -> None:
+    """x += N(0, 1) * std, one draw per element; std = ``absolute`` (same units as x), or, with signal-relative noise,
+    sqrt(absolute^2 + (relative * rms)^2).  The noise is a constant of the backward (drawn again from the same state)."""
+    noise = torch.randn(x.shape, generator=noise_gen, dtype=x.dtype, device=x.device)
+    if relative is None:
+        x.add_(noise, alpha=absolute)
+        return
+    assert rms is not None
+    std = rms.mul(relative)
+    if absolute > 0:
+        std = std.square_().add_(absolute * absolute).sqrt_()
+    x.addcmul_(noise, std)
+
+
 def forward_block(
     inputs: KernelInputs, chunk: HeadChunk, block: BlockGeometry, noise_gen: torch.Generator | None, *, keep: bool
 ) -> ForwardState:
@@ -192,10 +217,13 @@ def forward_block(
     key_features(plan, terms, zk, block, kf, key_gain, key_constant)
     # first array: S^T / S_sat = Kf Qf^T  (c, L, bq), then read noise, HardSigmoid, window
     scores_t = torch.matmul(kf, qf.transpose(-1, -2), out=buf(Buffer.SCORES_T, c, n_slots, bq))
-    if plan.read_noise_score > 0:
-        scores_t.add_(
-            torch.randn(scores_t.shape, generator=noise_gen, dtype=scores_t.dtype, device=scores_t.device),
-            alpha=plan.read_noise_score * plan.inv_score_saturation,
+    if plan.read_noise_score > 0 or plan.read_noise_relative is not None:
+        _add_read_noise(
+            scores_t,
+            plan.read_noise_score * plan.inv_score_saturation,
+            plan.read_noise_relative,
+            _window_rms(block, scores_t),
+            noise_gen,
         )
     pulses_t = torch.clamp(scores_t, 0.0, 1.0, out=buf(Buffer.PULSES_T, c, n_slots, bq)) if keep else scores_t.clamp_(0.0, 1.0)
     _apply_window_mask(block, pulses_t)
@@ -212,11 +240,9 @@ def forward_block(
     if block.tile_of_key_block is not None:  # blocks W apart share a physical tile: sum them before the readout
         folded = buf(Buffer.FOLDED_TILE_SUMS, c, block.n_readouts, d, bq).zero_()
         tile_sums = folded.index_add_(1, block.tile_of_key_block, tile_sums)
-    if plan.read_noise_output > 0:
-        tile_sums.add_(
-            torch.randn(tile_sums.shape, generator=noise_gen, dtype=tile_sums.dtype, device=tile_sums.device),
-            alpha=plan.read_noise_output,
-        )
+    if plan.read_noise_output > 0 or plan.read_noise_relative is not None:
+        rms = None if plan.read_noise_relative is None else tile_sums.square().mean(2, keepdim=True).sqrt_()
+        _add_read_noise(tile_sums, plan.read_noise_output, plan.read_noise_relative, rms, noise_gen)
     # readout of each tile: clamp(A / A_sat, -1, 1), quantised; in units of one step until the digital sum
     step = 1.0 if plan.out_levels is None else 2.0 / (plan.out_levels - 1)
     scale = plan.inv_output_saturation / step

@@ -83,6 +83,7 @@ class KernelPlan:
     out_grid: str
     read_noise_score: float
     read_noise_output: float
+    read_noise_relative: float | None  # 10^(-snr/20): read-noise std per unit rms of the read signal (None: off)
     q_levels: int | None
     kv_levels: int | None
     kv_max: float
@@ -102,7 +103,12 @@ class KernelPlan:
     def gate_empty_tiles(self) -> bool:
         # With the published zero-centred grid an empty tile reads exactly 0.  Otherwise tiles that hold no key of the
         # query's window are not read out (the digital adder only sums tiles that were written).
-        return (self.out_levels is not None and self.out_grid == "exact") or self.read_noise_output > 0
+        return (self.out_levels is not None and self.out_grid == "exact") or self.reads_are_noisy
+
+    @property
+    def reads_are_noisy(self) -> bool:
+        """Any read noise on the two integrators (absolute or signal-relative)."""
+        return self.read_noise_score > 0 or self.read_noise_output > 0 or self.read_noise_relative is not None
 
     def feature_width(self, terms: tuple[FeatureTerm, ...], head_dim: int) -> int:
         """Columns of the feature matrices for ``terms`` (the constant map adds D columns)."""
@@ -187,6 +193,7 @@ def make_plan(
         out_grid=config.out_quantizer,
         read_noise_score=config.read_noise_score,
         read_noise_output=config.read_noise_output,
+        read_noise_relative=None if config.read_snr_db is None else 10.0 ** (-config.read_snr_db / 20.0),
         q_levels=config.q_levels,
         kv_levels=config.kv_levels,
         kv_max=config.kv_max,
