@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from gaincell.config import PRESETS, HardwareConfig, HardwareConfigError
 from gaincell.families import AttentionLayer, attention_layers
+from gaincell.kernel import POINTWISE_SCORES
 from gaincell.noise import make_generator
 
 __all__ = [
@@ -44,18 +45,28 @@ ATTN_NAME = "gaincell"
 SPEC_ATTRIBUTE = "_gaincell_spec"
 
 
+#: the digital baselines: softmax, and the published software ablations with a pointwise score function
+DIGITAL_SCORES = ("softmax", *POINTWISE_SCORES)
+
+
 @dataclass(frozen=True)
 class SoftmaxSpec:
-    """Digital softmax attention (the baseline), causal, with an optional sliding window."""
+    """Digital attention (the baselines), causal, with an optional sliding window: softmax, or the published
+    software ablations ``hardsigmoid`` (clamp(s, 0, 1)) and ``sigmoid`` in its place (``score``)."""
 
     window: int | None = None
+    score: str = "softmax"
+
+    def __post_init__(self) -> None:
+        if self.score not in DIGITAL_SCORES:
+            raise HardwareConfigError(f"digital attention score {self.score!r}: choose one of {', '.join(DIGITAL_SCORES)}")
 
     @property
     def name(self) -> str:
-        return "softmax" if self.window is None else f"softmax:{self.window}"
+        return self.score if self.window is None else f"{self.score}:{self.window}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "softmax", "window": self.window}
+        return {"kind": "softmax", "window": self.window, "score": self.score}
 
 
 AttentionSpec = HardwareConfig | SoftmaxSpec
@@ -67,21 +78,22 @@ def resolve_attention(spec: AttentionSpec | str | Path | dict[str, Any]) -> Atte
         return spec
     if isinstance(spec, dict):
         if spec.get("kind") == "softmax":
-            return SoftmaxSpec(spec.get("window"))
+            return SoftmaxSpec(spec.get("window"), spec.get("score", "softmax"))
         return HardwareConfig.from_dict({k: v for k, v in spec.items() if k != "kind"})
     s = str(spec)
-    if s == "softmax":
-        return SoftmaxSpec(None)
+    if s in DIGITAL_SCORES:
+        return SoftmaxSpec(None, s)
     if s in ("softmax-window", "sliding-window-softmax"):
         return SoftmaxSpec(HardwareConfig().window)
-    if s.startswith("softmax:"):
+    if s.split(":", 1)[0] in DIGITAL_SCORES:
+        score, _, given = s.partition(":")
         try:
-            w = int(s.split(":", 1)[1])
+            w = int(given)
         except ValueError:
             w = 0
         if w < 1:
-            raise HardwareConfigError(f"softmax window must be an integer >= 1, got {s!r}")
-        return SoftmaxSpec(w)
+            raise HardwareConfigError(f"{score} window must be an integer >= 1, got {s!r}")
+        return SoftmaxSpec(w, score)
     try:
         return HardwareConfig.resolve(s)
     except HardwareConfigError as exc:
@@ -89,7 +101,7 @@ def resolve_attention(spec: AttentionSpec | str | Path | dict[str, Any]) -> Atte
             raise
         raise HardwareConfigError(
             f"unknown attention {s!r}: use a hardware preset ({', '.join(sorted(PRESETS))}), "
-            "softmax, softmax-window, softmax:W, or a YAML/JSON hardware file"
+            "softmax, softmax-window, softmax:W, hardsigmoid[:W], sigmoid[:W], or a YAML/JSON hardware file"
         ) from exc
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gaincell.cells import CELL_LIBRARY, library_cell
 from gaincell.errors import GaincellError
 
 __all__ = ["PAPER_CELL_COEFFICIENTS", "PRESETS", "HardwareConfig", "HardwareConfigError"]
@@ -62,8 +63,10 @@ class HardwareConfig:
         metadata=_meta(
             "-",
             "[N-M] Eq. 4; [C] LinearDRAMAttention / DRAMAttention",
-            "cell multiply: 'nonlinear' = SPICE-fitted cubic, 'linear' = intermediate model linear_slope * y",
-            "'nonlinear' | 'linear'",
+            "cell multiply: 'nonlinear' = the polynomial cell_coefficients (default: the SPICE-fitted cubic; any "
+            "user polynomial), 'linear' = intermediate model linear_slope * y; the published ablation cells "
+            "'x3', 'x5', 'sigmoid', 'exp' (see CELL_LIBRARY)",
+            "'nonlinear' | 'linear' | 'x3' | 'x5' | 'sigmoid' | 'exp'",
         ),
     )
     cell_coefficients: tuple[float, ...] = field(
@@ -72,7 +75,7 @@ class HardwareConfig:
             "uA per V^n",
             "SPICE fit [C]: g_n = sum_j C_nj * 0.9^j (Vin = 0.9 V) of the released 10 coefficients",
             "polynomial f(y) = sum_n g_n y^n of the nonlinear cell, y = stored voltage - kv_offset",
-            "1 to 8 finite numbers",
+            "1 to 12 finite numbers",
         ),
     )
     linear_slope: float = field(
@@ -274,11 +277,11 @@ class HardwareConfig:
 
         if not isinstance(self.name, str):
             raise bad("name", self.name)
-        choice("cell", ("nonlinear", "linear"))
+        choice("cell", ("nonlinear", "linear", *CELL_LIBRARY))
         choice("out_quantizer", ("published", "exact"))
         choice("cell_gradient", ("surrogate", "exact"))
         coeffs = self.cell_coefficients
-        if isinstance(coeffs, (str, bytes)) or not isinstance(coeffs, (list, tuple)) or not 1 <= len(coeffs) <= 8:
+        if isinstance(coeffs, (str, bytes)) or not isinstance(coeffs, (list, tuple)) or not 1 <= len(coeffs) <= 12:
             raise bad("cell_coefficients", coeffs)
         for c in coeffs:
             if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
@@ -322,7 +325,19 @@ class HardwareConfig:
     @property
     def cell_polynomial(self) -> tuple[float, ...]:
         """Coefficients g_0..g_n of the effective cell function f(y) = sum_n g_n y^n."""
-        return (0.0, self.linear_slope) if self.cell == "linear" else self.cell_coefficients
+        if self.cell == "linear":
+            return (0.0, self.linear_slope)
+        if self.cell in CELL_LIBRARY:
+            return library_cell(self.cell, self.linear_slope, self.kv_offset, self.kv_max).coefficients
+        return self.cell_coefficients
+
+    @property
+    def surrogate_slope(self) -> float:
+        """Slope of the linear surrogate gradient of the cell: ``linear_slope`` for the SPICE/user polynomial (the
+        paper), the rescaling factor a for a library cell (the published ablation classes' backward)."""
+        if self.cell in CELL_LIBRARY:
+            return library_cell(self.cell, self.linear_slope, self.kv_offset, self.kv_max).scale
+        return self.linear_slope
 
     @property
     def has_noise(self) -> bool:

@@ -32,7 +32,7 @@ from gaincell.attention import (
 from gaincell.cache import install_default_cache
 from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
-from gaincell.kernel import analog_attention, softmax_attention
+from gaincell.kernel import analog_attention, pointwise_attention, softmax_attention
 from gaincell.noise import make_generator
 
 # attention_spec, head_maps, is_converted, resolve_attention live in gaincell.attention; re-exported for convenience
@@ -89,6 +89,8 @@ def gaincell_attention(
         softcap = kwargs.get("softcap")
 
         def baseline(q_: Tensor, k_: Tensor, v_: Tensor, start: int) -> Tensor:
+            if spec.score != "softmax":
+                return pointwise_attention(q_, k_, v_, score=spec.score, window=spec.window, scale=scaling, softcap=softcap)
             if softcap:
                 return softcapped_softmax_attention(q_, k_, v_, window=spec.window, scale=scaling, softcap=softcap)
             return softmax_attention(q_, k_, v_, window=spec.window, scale=scaling)

@@ -48,7 +48,7 @@ def _product(cfg: HardwareConfig, a: torch.Tensor, z: torch.Tensor) -> torch.Ten
     exact = a * _cell(cfg, z)
     if cfg.cell == "linear" or cfg.cell_gradient == "exact":
         return exact
-    lin = a * cfg.linear_slope * z
+    lin = a * cfg.surrogate_slope * z
     return lin + (exact - lin).detach()
 
 

@@ -31,15 +31,24 @@ The public functions are in ``api.py``; the DAC and quantiser in :mod:`gaincell.
 """
 
 from gaincell.dac import dac, quantize
-from gaincell.kernel.api import analog_attention, attention_map, score_pairs, softmax_attention
+from gaincell.kernel.api import (
+    POINTWISE_SCORES,
+    analog_attention,
+    attention_map,
+    pointwise_attention,
+    score_pairs,
+    softmax_attention,
+)
 from gaincell.kernel.blocks import release_workspace
 from gaincell.noise import make_generator, variation_maps
 
 __all__ = [
+    "POINTWISE_SCORES",
     "analog_attention",
     "attention_map",
     "dac",
     "make_generator",
+    "pointwise_attention",
     "quantize",
     "release_workspace",
     "score_pairs",

@@ -193,6 +193,40 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = N
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
 
+#: the digital baselines' score functions: softmax (row-normalised) and the published pointwise ablations
+POINTWISE_SCORES = ("hardsigmoid", "sigmoid")
+
+
+def pointwise_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    score: str,
+    window: int | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
+) -> Tensor:
+    """Causal (sliding-window) attention with a pointwise score function instead of softmax, digital and materialised:
+    the published software ablations ``hardsigmoid`` (phi = clamp(s, 0, 1)) and ``sigmoid`` (phi = sigmoid(s)), with
+    s = q.k * scale (default 1/sqrt(D)), optionally capped as softcap * tanh(s / softcap); out = sum_j phi_ij v_j.
+    Queries are the last Tq of the Tk keys; no normalisation over the keys."""
+    if score not in POINTWISE_SCORES:
+        raise ValueError(f"pointwise_attention: score must be one of {', '.join(POINTWISE_SCORES)}, got {score!r}")
+    check_qkv("pointwise_attention", q, k, v)
+    tq, tk = q.shape[2], k.shape[2]
+    s = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if softcap:
+        s = torch.tanh(s / softcap) * softcap
+    phi = s.clamp(0.0, 1.0) if score == "hardsigmoid" else torch.sigmoid(s)
+    qpos = torch.arange(tk - tq, tk, device=q.device)[:, None]
+    kpos = torch.arange(tk, device=q.device)[None, :]
+    allowed = kpos <= qpos
+    if window is not None:
+        allowed &= kpos > qpos - window
+    return torch.matmul(phi * allowed.to(phi.dtype), v)
+
+
 def attention_map(q: Tensor, k: Tensor, config: HardwareConfig, *, key_start: int = 0) -> Tensor:
     """The charge-to-pulse outputs phi (B, H, Tq, Tk) of the first array, materialised (for plots and inspection).
 

@@ -156,8 +156,8 @@ def make_plan(
     poly = config.cell_polynomial
     variation = config.cell_gain_variation > 0 or config.cell_offset_variation > 0
     forward_terms = feature_terms(poly, decay, constant=not variation)
-    if config.cell_gradient == "surrogate" and config.cell == "nonlinear":
-        backward_terms = feature_terms((0.0, config.linear_slope), decay, constant=False)
+    if config.cell_gradient == "surrogate" and config.cell != "linear":
+        backward_terms = feature_terms((0.0, config.surrogate_slope), decay, constant=False)
     else:
         backward_terms = forward_terms
     max_power = max([t.power for t in forward_terms + backward_terms] + [1])
