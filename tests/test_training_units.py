@@ -442,3 +442,22 @@ def test_recorded_targets_resume_exactly_and_can_be_switched_off(tmp_path):
         assert all(torch.equal(a.targets[k], b.targets[k]) for k in a.targets)
     off = _linear_run(tmp_path, "off", target_ema=None)
     assert all(m.targets == {} for m in head_maps(off)) and not (tmp_path / "off" / "model" / "targets.safetensors").exists()
+
+
+def test_trainable_head_maps_trains_only_the_maps_and_unfreezes_after(tmp_path):
+    from gaincell.attention import head_maps
+    from gaincell.model import convert
+
+    model = convert(_tiny_model(), "paper-linear")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    map_names = {n for n, p in model.named_parameters() if any(p is q for m in head_maps(model) for q in m.parameters())}
+    ids = torch.randint(0, 61, (600,), generator=torch.Generator().manual_seed(3))
+    cfg = TrainConfig(steps=3, batch_size=4, context=16, warmup=1, eval_every=3, save_every=3, log_every=1, lr=1e-2)
+    finetune(model, ids, None, dataclasses.replace(cfg, trainable="head-maps"), tmp_path / "maps", progress=False)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and changed <= map_names
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen after the run
+    with pytest.raises(GaincellError, match="trainable"):
+        finetune(_tiny_model(), ids, None, dataclasses.replace(cfg, trainable="head-maps"), tmp_path / "plain", progress=False)
+    with pytest.raises(GaincellError, match="trainable"):
+        dataclasses.replace(cfg, trainable="embeddings").validate()

@@ -138,7 +138,7 @@ def evaluate_models(
     return {"tasks": tasks, "limit": limit, "rows": rows}
 
 
-def _main_metric(task_result: dict[str, Any]) -> tuple[str, float | None]:
+def main_metric(task_result: dict[str, Any]) -> tuple[str, float | None]:
     for key in ("acc_norm,none", "acc,none", "exact_match,first_word", "exact_match,none", "word_perplexity,none"):
         if key in task_result:
             return key.split(",")[0], task_result[key]
@@ -153,7 +153,7 @@ def table(data: dict[str, Any]) -> list[str]:
     for row in data["rows"]:
         cells, accs = [], []
         for t in tasks:
-            metric, value = _main_metric(row["results"].get(t, {}))
+            metric, value = main_metric(row["results"].get(t, {}))
             if value is None:
                 cells.append("-")
             elif metric == "word_perplexity":

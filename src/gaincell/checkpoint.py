@@ -44,7 +44,7 @@ __all__ = [
 
 #: Settings a resumed run must share with the checkpoint: they decide which batches each step draws.
 #: (``decay_head_maps`` because a resumed optimizer takes its groups' weight decay from the checkpoint.)
-RESUME_MUST_MATCH = ("batch_size", "context", "decay_head_maps", "grad_accum", "seed", "steps")
+RESUME_MUST_MATCH = ("batch_size", "context", "decay_head_maps", "grad_accum", "seed", "steps", "trainable")
 
 
 # ---------------------------------------------------------------------------------------------------- optimizer order

@@ -458,6 +458,27 @@ def _recording_targets(model: nn.Module, rate: float | None) -> Any:
             m.target_rate = None
 
 
+@contextlib.contextmanager
+def _trainable(model: nn.Module, which: str) -> Any:
+    """``head-maps``: only the per-head maps train (everything else is frozen for the run and unfrozen after it)."""
+    if which == "all":
+        yield
+        return
+    from gaincell.attention import head_maps
+
+    maps = {id(p) for m in head_maps(model) for p in m.parameters()}
+    if not maps:
+        raise GaincellError("trainable = 'head-maps' needs a model converted to analog hardware (it has no per-head maps)")
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in maps]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def _freeze(teacher: nn.Module | None) -> None:
     if teacher is not None:
         teacher.eval()
@@ -494,7 +515,7 @@ def finetune(
     from tqdm import tqdm
 
     cfg.validate()
-    with _recording_targets(model, cfg.target_ema):  # the adaptation targets, while this run trains
+    with _recording_targets(model, cfg.target_ema), _trainable(model, cfg.trainable):
         run = _Run(model, cfg, Path(out), device, teacher, dict(metadata or {}))
         dist = run.dist
         model.train()

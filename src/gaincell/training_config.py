@@ -70,6 +70,12 @@ class TrainConfig:
         "on analog hardware, record per-head EMA statistics (mean, std) of the scaled q, k, v and head output at this "
         "rate, the adaptation targets saved with the model (as the published linear fine-tune does); none: do not",
     )
+    trainable: str = _setting(
+        "all",
+        "which parameters train: all of them (the paper), or only the per-head maps (a calibration that cannot "
+        "overfit the weights to the training text)",
+        choices=("all", "head-maps"),
+    )
     keep_best: bool = _setting(
         False,
         "ship the weights with the lowest validation loss (the starting model included) instead of the last ones; "
@@ -102,6 +108,7 @@ class TrainConfig:
             "fsdp": not (self.fsdp and self.precision == "fp16"),  # no sharded loss scaler: use bf16 with FSDP
             "patience": self.patience is None or self.patience >= 1,
             "target_ema": self.target_ema is None or 0 < self.target_ema <= 1,
+            "trainable": self.trainable in ("all", "head-maps"),
         }
         for name, ok in checks.items():
             if not ok:

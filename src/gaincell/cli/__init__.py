@@ -9,6 +9,7 @@ One module per command group registers its subcommands (``register(subparsers)``
 ``gaincell.cli.generation``   ``generate``, ``retention``
 ``gaincell.cli.cost``         ``cost``, ``bench-gpu``
 ``gaincell.cli.bench``        ``bench``, ``lm-eval``
+``gaincell.cli.explore``      ``explore`` (design-space studies on Optuna)
 ============================  ==============================================================================
 
 Errors a user can fix (bad input, unknown names, missing files) print one line and exit with status 2; ``--debug``
@@ -34,6 +35,7 @@ COMMAND_GROUPS = (
     "gaincell.cli.generation",
     "gaincell.cli.cost",
     "gaincell.cli.bench",
+    "gaincell.cli.explore",
 )
 
 

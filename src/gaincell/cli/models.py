@@ -320,7 +320,9 @@ def _register_finetune(sub: Any) -> None:
 
     p = sub.add_parser("finetune", help="hardware-aware fine-tuning (or pre-training with --hardware softmax)")
     p.add_argument("--model", required=True, help="shipped name, model folder or hub id")
-    p.add_argument("--hardware", default=None, help="preset/file/softmax/hardsigmoid/sigmoid to convert to first (default: as saved)")
+    p.add_argument(
+        "--hardware", default=None, help="preset/file/softmax/hardsigmoid/sigmoid to convert to first (default: as saved)"
+    )
     p.add_argument("--train", default="shakespeare:train", help="training text spec")
     p.add_argument("--val", default="shakespeare:validation", help="validation text spec ('' for none)")
     p.add_argument("--out", required=True)
@@ -375,7 +377,11 @@ def _register_adapt(sub: Any) -> None:
 def _register_eval_and_models(sub: Any) -> None:
     p = sub.add_parser("eval", help="strided perplexity of a model on a text")
     p.add_argument("--model", required=True)
-    p.add_argument("--hardware", default=None, help="paper|paper-linear|igzo|softmax|hardsigmoid|sigmoid[:W]|FILE (unconverted model: direct mapping)")
+    p.add_argument(
+        "--hardware",
+        default=None,
+        help="paper|paper-linear|igzo|softmax|hardsigmoid|sigmoid[:W]|FILE (unconverted model: direct mapping)",
+    )
     p.add_argument("--text", required=True, help="file, folder, shakespeare:test, hf:NAME:SPLIT")
     p.add_argument("--context", type=int, default=None, help="default: the model's positions")
     p.add_argument("--stride", type=int, default=None, help="default: the context")
