@@ -20,10 +20,12 @@ $GC finetune --model "$RUN/init" --hardware softmax --steps "$SOFTMAX_STEPS" --l
 $GC finetune --model "$RUN/softmax/model" --hardware paper-linear --steps "$LINEAR_STEPS" --lr 1e-3 --warmup 50 --role linear $COMMON --out "$RUN/linear"
 # 4. adaptation algorithm: linear -> nonlinear hardware (statistics matching of the per-head maps)
 $GC adapt --model "$RUN/linear/model" --hardware paper --calib shakespeare:train --eval shakespeare:validation --out "$RUN/adapted" --json > "$RUN/adapt.json"
-# 5. fine-tune on the nonlinear hardware
-#    (a gentle rate, evaluated every 50 steps, stopped after 4 evaluations without a new best; --keep-best ships
-#    the best weights, the adapted start included, so this stage never ships a model worse on validation)
-$GC finetune --model "$RUN/adapted" --hardware paper --steps "$NONLINEAR_STEPS" --lr 1e-4 --warmup 50 --role nonlinear $COMMON --eval-every 50 --patience 4 --out "$RUN/nonlinear"
+# 5. fine-tune on the nonlinear hardware: the per-head maps only (--trainable head-maps), evaluated every 50 steps,
+#    stopped after 4 evaluations without a new best; --keep-best ships the best, the adapted start included.
+#    Why the maps only: on this 1M-token corpus a full fine-tune keeps lowering the training loss while the
+#    held-out test plays and prose nobody trained on get worse (measured, see the issue notes), so the last stage
+#    would ship a worse model.
+$GC finetune --model "$RUN/adapted" --hardware paper --steps "$NONLINEAR_STEPS" --role nonlinear $COMMON --lr 1e-3 --warmup 50 --eval-every 50 --patience 4 --trainable head-maps --out "$RUN/nonlinear"
 # 6. ship (fp16) with held-out perplexity on the test plays and the training logs
 $GC package --model "$RUN/softmax/model" --name shakespeare-softmax --role softmax --log "$RUN/softmax/log.jsonl"
 $GC package --model "$RUN/linear/model" --name shakespeare-linear --role linear --parent shakespeare-softmax --log "$RUN/linear/log.jsonl"

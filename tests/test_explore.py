@@ -227,6 +227,7 @@ def _wait_running(out: Path, timeout=120):
                 running = [t for t in study.trials if t.state.name == "RUNNING"]
                 done = [t for t in study.trials if t.state.name == "COMPLETE"]
                 if running and done:
+                    time.sleep(2.0)  # past its first heartbeat (every second here): the trial is mid-run
                     return
             except Exception:
                 pass

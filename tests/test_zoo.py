@@ -44,11 +44,17 @@ def test_demo_reproduces_the_table_1_targets(tmp_path):
         "linear",
         "no-adaptation",
         "adapted",
+        "arxiv-start",
+        "arxiv-adapted",
         "adapted-finetuned",
     ]
     r = data["ratios"]
     assert r["final_vs_softmax"] <= 1.10
     assert r["adapted_vs_linear"] <= 1.25
+    assert r["arxiv_start_vs_linear"] > 1.5 * r["arxiv_adapted_vs_linear"]  # the reset collapses, adaptation recovers
+    assert r["arxiv_adapted_vs_linear"] <= 1.25
+    assert all(row["provenance"] for row in data["rows"])
+    assert "Where each row comes from" in (tmp_path / "table1.md").read_text()
     assert r["direct_vs_softmax"] >= 2.0  # direct mapping is far worse
     assert data["adaptation"]["converged"]
     assert (tmp_path / "table1.png").stat().st_size > 20_000

@@ -3,7 +3,10 @@
 Rows (perplexity on the test plays, same tokenizer and context for all):
 softmax baseline; its weights mapped directly onto the linear and the nonlinear hardware; the linear model after
 fine-tuning; the nonlinear hardware loaded with the linear model's weights without adaptation; after the adaptation
-algorithm (run live here, its curve plotted); after adaptation + fine-tuning (the shipped nonlinear model).
+algorithm (run live here, its curve plotted); the arXiv-era variant of the adaptation, which first resets every
+per-head map to a = 1, b = 0 (before and after, its curve plotted: the collapse and the recovery of Fig. 4c); after
+adaptation + fine-tuning (the shipped nonlinear model).  Under the table, each row says which code path and which
+options produced it.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ PAPER = {
     "direct-linear": ("~58,800", "GPT-2 weights on the linear model: chance-level loss 10.98"),
     "direct-nonlinear": ("chance", "'chance-level loss' (paper text)"),
     "linear": ("23.2", "linear model fine-tuned from GPT-2, 2,900 iterations"),
-    "no-adaptation": ("1,757", "Fig. 4c, start of adaptation"),
-    "adapted": ("~21", "Fig. 4c, after adaptation"),
+    "no-adaptation": ("-", "published code at HEAD keeps the trained maps; no published figure"),
+    "adapted": ("-", "published code at HEAD; no published figure"),
+    "arxiv-start": ("1,757", "Fig. 4c, start of adaptation (maps reset to a = 1, b = 0)"),
+    "arxiv-adapted": ("~21", "Fig. 4c, after adaptation"),
     "adapted-finetuned": ("23.2", "nonlinear model fine-tuned after adaptation"),
 }
 
@@ -80,11 +85,16 @@ def run_demo(out: str | Path, *, quiet: bool = False, max_tokens: int | None = N
         "tokens": rows[0]["tokens"],
         "context": context,
         "rows": rows,
-        "adaptation": adaptation.to_dict(),
+        "adaptation": adaptation["head"].to_dict(),
+        "adaptation_arxiv": adaptation["arxiv"].to_dict(),
         "ratios": ratios,
         "seconds": round(time.time() - started, 1),
     }
-    _write_plot(out / "table1.png", rows, adaptation.loss)
+    _write_plot(
+        out / "table1.png",
+        rows,
+        {"HEAD (trained maps)": adaptation["head"].loss, "arXiv-era (reset maps)": adaptation["arxiv"].loss},
+    )
     cost = final_model_cost(out)
     summary["cost"] = {k: cost[k] for k in ("energy_per_token_j", "latency_per_token_s", "area_mm2")}
     summary["cost"]["gpus"] = {g: {"speedup": v["speedup"], "energy_ratio": v["energy_ratio"]} for g, v in cost["gpus"].items()}
@@ -92,7 +102,8 @@ def run_demo(out: str | Path, *, quiet: bool = False, max_tokens: int | None = N
     if not quiet:
         print(
             f"final/softmax {ratios['final_vs_softmax']:.3f}, adapted/linear {ratios['adapted_vs_linear']:.3f}, "
-            f"direct/softmax {ratios['direct_vs_softmax']:.1f}  ({summary['seconds']} s)"
+            f"direct/softmax {ratios['direct_vs_softmax']:.1f}, arXiv-era adaptation {ratios['arxiv_start_vs_linear']:.1f} -> "
+            f"{ratios['arxiv_adapted_vs_linear']:.3f} x linear  ({summary['seconds']} s)"
         )
         print(f"wrote {out / 'table1.md'}, {out / 'table1.json'}, {out / 'table1.png'}")
     return summary
@@ -109,20 +120,57 @@ def _require_shipped_models() -> None:
 
 def evaluate_rows(
     ids: torch.Tensor, calib: torch.Tensor, *, context: int, quiet: bool
-) -> tuple[list[dict[str, Any]], AdaptResult]:
+) -> tuple[list[dict[str, Any]], dict[str, AdaptResult]]:
     """Every row of the table in order, the adaptation run live between the mapped rows and the final one;
-    returns (rows, the adaptation result)."""
+    returns (rows, {"head": the adaptation result, "arxiv": the arXiv-era one})."""
     from gaincell.hub import load
 
     def shipped_row(key: str, label: str, name: str, convert_to: str | None, attention: str) -> dict[str, Any]:
-        return evaluate_row(key, label, load(name, attention=convert_to), attention, ids, context=context, quiet=quiet)
+        row = evaluate_row(key, label, load(name, attention=convert_to), attention, ids, context=context, quiet=quiet)
+        row["provenance"] = shipped_provenance(name, convert_to)
+        return row
 
     rows = [shipped_row(*row) for row in ROWS_BEFORE_ADAPTATION]
     adapted, adaptation = adapt_linear_model(calib, quiet=quiet)
     label = f"nonlinear hardware after adaptation ({adaptation.iterations} iterations)"
     rows.append(evaluate_row("adapted", label, adapted, "paper", ids, context=context, quiet=quiet))
+    rows[-1]["provenance"] = (
+        f"adapt(shakespeare-linear, 'paper', 16 x {context} calibration tokens of shakespeare:train, seed 0): "
+        f"targets {adaptation.target_source}, start = the trained maps (published code at HEAD)"
+    )
+    start, reset, arxiv = arxiv_adaptation(calib, quiet=quiet)
+    label = "nonlinear hardware, linear weights, maps reset to a = 1, b = 0"
+    rows.append(evaluate_row("arxiv-start", label, start, "paper", ids, context=context, quiet=quiet))
+    label = f"arXiv-era adaptation from the reset maps ({arxiv.iterations} iterations)"
+    rows.append(evaluate_row("arxiv-adapted", label, reset, "paper", ids, context=context, quiet=quiet))
+    rows[-1]["provenance"] = (
+        f"adapt(shakespeare-linear, 'paper', same batch, reset_maps=True) (gaincell adapt --reset-maps): targets "
+        f"{arxiv.target_source}, start = a = 1, b = 0 for every map (arXiv-era code)"
+    )
     rows += [shipped_row(*row) for row in ROWS_AFTER_ADAPTATION]
-    return rows, adaptation
+    return rows, {"head": adaptation, "arxiv": arxiv}
+
+
+def shipped_provenance(name: str, convert_to: str | None) -> str:
+    """How a shipped model was made (from its training log: stage, hardware, shipped step) and how it is used here."""
+    from gaincell.hub import resolve_model_path
+
+    folder = resolve_model_path(name)
+    made = f"shipped {name}"
+    log = None if folder is None else folder / "train-log.jsonl"
+    if log is not None and log.is_file():
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        evals = [r for r in lines if "val_loss" in r]
+        steps = max((r["step"] for r in lines if "step" in r), default=-1) + 1
+        best = min(evals, key=lambda r: r["val_loss"]) if evals else None
+        made += f" (recipes/shakespeare.sh: finetune, {steps} steps"
+        if best is not None:
+            shipped = "the starting model" if best["step"] < 0 else f"step {best['step']}"
+            made += f"; lowest validation loss at {shipped}"
+        made += ")"
+    if convert_to is None:
+        return made + ", evaluated as saved"
+    return made + f", converted with convert(model, {convert_to!r}) (maps as trained)"
 
 
 def evaluate_row(
@@ -142,6 +190,7 @@ def evaluate_row(
         "tokens": res["tokens"],
         "paper": PAPER[key][0],
         "paper_note": PAPER[key][1],
+        "provenance": "",
     }
 
 
@@ -154,13 +203,28 @@ def adapt_linear_model(calib: torch.Tensor, *, quiet: bool) -> tuple[torch.nn.Mo
     return model, adapt(model, "paper", calib, progress=not quiet)
 
 
+def arxiv_adaptation(calib: torch.Tensor, *, quiet: bool) -> tuple[torch.nn.Module, torch.nn.Module, AdaptResult]:
+    """The arXiv-era variant: (the linear weights on the nonlinear hardware with every map reset, not adapted; the
+    same adapted from that start; its adaptation result)."""
+    from gaincell.adapt import adapt, reset_head_maps
+    from gaincell.hub import load
+
+    start = reset_head_maps(load("shakespeare-linear", attention="paper"))
+    model = load("shakespeare-linear")
+    return start, model, adapt(model, "paper", calib, reset_maps=True, progress=not quiet)
+
+
 def perplexity_ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The ratios the paper's claims rest on: final vs softmax, adapted vs linear, direct mapping vs softmax."""
+    """The ratios the paper's claims rest on: final vs softmax, adapted vs linear, direct mapping vs softmax, and the
+    arXiv-era adaptation's collapse and recovery against the linear model."""
     ppl = {r["row"]: r["perplexity"] for r in rows}
     return {
         "final_vs_softmax": ppl["adapted-finetuned"] / ppl["softmax"],
+        "final_vs_adapted": ppl["adapted-finetuned"] / ppl["adapted"],
         "adapted_vs_linear": ppl["adapted"] / ppl["linear"],
         "direct_vs_softmax": min(ppl["direct-linear"], ppl["direct-nonlinear"]) / ppl["softmax"],
+        "arxiv_start_vs_linear": ppl["arxiv-start"] / ppl["linear"],
+        "arxiv_adapted_vs_linear": ppl["arxiv-adapted"] / ppl["linear"],
     }
 
 
@@ -203,8 +267,15 @@ def _write_table(out: Path, summary: dict[str, Any], cost: dict[str, Any]) -> No
         f"Final nonlinear / softmax: **{ratios['final_vs_softmax']:.3f}** (paper 23.2 / 22.2 = 1.045). "
         f"Adapted / linear: **{ratios['adapted_vs_linear']:.3f}**. "
         f"Direct mapping / softmax: **{ratios['direct_vs_softmax']:.1f}**.",
+        f"arXiv-era adaptation (maps reset to a = 1, b = 0): {ratios['arxiv_start_vs_linear']:.1f} x the linear model "
+        f"before, **{ratios['arxiv_adapted_vs_linear']:.3f}** after (paper, Fig. 4c: 1,757 -> ~21 against 23.2). "
+        f"Final / adapted: **{ratios['final_vs_adapted']:.3f}**.",
         "",
-        "![perplexities and adaptation curve](table1.png)",
+        "Where each row comes from:",
+        "",
+        *[f"{i}. {r['row']}: {r['provenance']}" for i, r in enumerate(rows, 1)],
+        "",
+        "![perplexities and adaptation curves](table1.png)",
         "",
         *_cost_section(cost),
     ]
@@ -227,8 +298,8 @@ def _cost_section(cost: dict[str, Any]) -> list[str]:
     ]
 
 
-def _write_plot(path: Path, rows: list[dict[str, Any]], curve: list[float]) -> None:
-    """Left: every row's perplexity (log scale, softmax dashed); right: the adaptation curve (cf. Fig. 4c)."""
+def _write_plot(path: Path, rows: list[dict[str, Any]], curves: dict[str, list[float]]) -> None:
+    """Left: every row's perplexity (log scale, softmax dashed); right: the adaptation curves (cf. Fig. 4c)."""
     import math
 
     from matplotlib.figure import Figure
@@ -239,14 +310,16 @@ def _write_plot(path: Path, rows: list[dict[str, Any]], curve: list[float]) -> N
     a, b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
     labels = [f"{i}. {r['row']}" for i, r in enumerate(rows, 1)]
     values = [r["perplexity"] for r in rows]
-    colors = ["#4c72b0", "#c44e52", "#c44e52", "#55a868", "#c44e52", "#8172b2", "#55a868"]
+    colors = ["#4c72b0", "#c44e52", "#c44e52", "#55a868", "#c44e52", "#8172b2", "#c44e52", "#8172b2", "#55a868"]
     a.barh(labels[::-1], values[::-1], color=colors[: len(rows)][::-1])
     a.set_xscale("log")
     a.axvline(values[0], color="k", lw=0.8, ls="--")
     for y, v in enumerate(values[::-1]):
         a.text(v, y, f" {v:.1f}", va="center", fontsize=8)
     a.set(xlabel="perplexity on held-out Shakespeare (log scale)", title="Table 1 in miniature")
-    b.plot(range(len(curve)), [math.exp(x) for x in curve], marker="o", ms=3)
+    for name, curve in curves.items():
+        b.plot(range(len(curve)), [math.exp(x) for x in curve], marker="o", ms=3, label=name)
+    b.legend(fontsize=8)
     b.set_yscale("log")
     b.set(xlabel="adaptation iteration", ylabel="calibration perplexity", title="Adaptation (cf. Fig. 4c)")
     b.grid(alpha=0.3)

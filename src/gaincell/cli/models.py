@@ -15,6 +15,7 @@ import torch
 
 from gaincell.cli.common import load_model, print_result
 from gaincell.data import text_token_ids
+from gaincell.errors import GaincellError
 
 
 # ---------------------------------------------------------------------------------------------------- init
@@ -206,6 +207,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model, tok = load_model(args.model, args.hardware, args.device)
     ids = text_token_ids(args.text, tok)
+    if args.max_tokens is not None:
+        if args.max_tokens < 1:
+            raise GaincellError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+        ids = ids.flatten()[: args.max_tokens]
     res = perplexity(model, ids, context=args.context, stride=args.stride, batch_size=args.batch_size, progress=not args.quiet)
     spec = attention_spec(model)
     res.update(model=args.model, text=args.text, attention=None if spec is None else getattr(spec, "name", str(spec)))
@@ -386,6 +391,7 @@ def _register_eval_and_models(sub: Any) -> None:
     p.add_argument("--context", type=int, default=None, help="default: the model's positions")
     p.add_argument("--stride", type=int, default=None, help="default: the context")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=None, help="evaluate the first N tokens of the text only")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")

@@ -8,6 +8,10 @@ the same one.  A worker killed mid-trial stops beating; after the grace period t
 the command) fails that trial and Optuna's ``RetryHeartbeatStaleTrialCallback`` puts the same parameters back as a new slot.
 Ctrl-C fails the running trial and re-enqueues it the same way before exiting, so re-running resumes.
 
+(A worker killed in the instant between taking a slot and its first heartbeat leaves a RUNNING trial that no
+heartbeat will ever fail; the rare case shows as a study that waits.  ``optuna`` can fail it by hand:
+``study.tell(number, state=TrialState.FAIL)``, then run again.)
+
 Heartbeats need an RDB storage (the default SQLite file, PostgreSQL, MySQL); a journal file works for sharing a
 study but a killed worker's trial then stays RUNNING (Optuna's journal storage has no heartbeat).
 """
