@@ -461,3 +461,15 @@ def test_trainable_head_maps_trains_only_the_maps_and_unfreezes_after(tmp_path):
         finetune(_tiny_model(), ids, None, dataclasses.replace(cfg, trainable="head-maps"), tmp_path / "plain", progress=False)
     with pytest.raises(GaincellError, match="trainable"):
         dataclasses.replace(cfg, trainable="embeddings").validate()
+
+
+def test_the_held_out_prose_is_the_evaluation_data_and_not_the_plays():
+    from gaincell.data import PROSE_SPEC, evaldata_prose, load_text, shakespeare_split
+
+    (text,) = load_text(PROSE_SPEC)
+    assert text == evaldata_prose()
+    lines = text.splitlines()
+    assert len(lines) == 1954 + 81  # every question of both tasks, each with its correct answer
+    assert lines[0].endswith("Find somewhere to go.")  # Social IQa row 1: label 2 of its three answers
+    train = "".join(shakespeare_split("train"))
+    assert not any(line in train for line in lines[:200])

@@ -176,10 +176,31 @@ def shakespeare_split(split: str) -> list[str]:
     return [works[n] for n in names]
 
 
+#: modern English prose that no model here trains on (see :func:`evaldata_prose`)
+PROSE_SPEC = "evaldata:prose"
+
+
+def evaldata_prose() -> str:
+    """Held-out text of another kind than the plays: every question of the packaged evaluation data (BIG-bench
+    Social IQa and physical intuition, ``gaincell/evaldata``) followed by its correct answer, one per line.
+    Modern everyday English prose; no recipe here trains on it (its canary forbids that)."""
+    folder = Path(__file__).parent / "evaldata"
+    lines = []
+    for name in ("social_iqa.jsonl", "physical_intuition.jsonl"):
+        for row in (folder / name).read_text(encoding="utf-8").splitlines():
+            if row.strip():
+                item = json.loads(row)
+                lines.append(f"{item['input']} {item['choices'][item['label']]}.")
+    return "\n".join(lines) + "\n"
+
+
 def load_text(spec: str) -> list[str]:
-    """Documents from ``spec``: ``shakespeare:SPLIT``, a text file, a folder of ``*.txt``, or ``hf:NAME[:CONFIG]:SPLIT``."""
+    """Documents from ``spec``: ``shakespeare:SPLIT``, ``evaldata:prose``, a text file, a folder of ``*.txt``, or
+    ``hf:NAME[:CONFIG]:SPLIT``."""
     if spec.startswith("shakespeare:"):
         return shakespeare_split(spec.split(":", 1)[1])
+    if spec == PROSE_SPEC:
+        return [evaldata_prose()]
     if spec.startswith("hf:"):
         return _hf_dataset(spec[3:])
     path = Path(spec)
@@ -192,7 +213,8 @@ def load_text(spec: str) -> list[str]:
         docs = [path.read_text(encoding="utf-8", errors="replace")]
     else:
         raise GaincellError(
-            f"text {spec!r} not found: give a file, a folder of .txt files, shakespeare:train|validation|test, or hf:NAME:SPLIT"
+            f"text {spec!r} not found: give a file, a folder of .txt files, shakespeare:train|validation|test, "
+            "evaldata:prose, or hf:NAME:SPLIT"
         )
     if not any(d.strip() for d in docs):
         raise GaincellError(f"text {spec!r} is empty")
