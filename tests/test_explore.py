@@ -75,6 +75,7 @@ def _trials(out: Path):
         ({"trials": 7}, "trials: 7 > the 6 points"),
         ({"constraints": ["area_mm2 <= 1"]}, "the grid sampler takes no constraints"),
         ({"colour": "red"}, "unknown key(s) colour"),
+        ({"model": "/no/such/model"}, "unknown model '/no/such/model'"),
     ],
 )
 def test_a_bad_spec_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path, capsys, changes, message):

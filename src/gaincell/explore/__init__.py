@@ -55,6 +55,9 @@ def explore(
         spec = StudySpec.from_dict(spec)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise GaincellError(f"workers must be an integer >= 1, got {workers!r}")
+    from gaincell.cost import model_shape
+
+    model_shape(spec.model)  # an unknown model is an error now, not one failed trial after another
     out = Path(out)
     if storage is None:
         out.mkdir(parents=True, exist_ok=True)
