@@ -79,12 +79,14 @@ def open_storage(url: str, heartbeat: tuple[int, int] = (HEARTBEAT_S, GRACE_S)) 
             if not Path(path).parent.is_dir():
                 raise GaincellError(f"cannot open storage {url!r}: folder {str(Path(path).parent)!r} does not exist")
             return optuna.storages.JournalStorage(JournalFileBackend(path))
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=heartbeat[0],
-            grace_period=heartbeat[1],
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9; they are what we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=heartbeat[0],
+                grace_period=heartbeat[1],
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
     except GaincellError:
         raise
     except Exception as exc:  # sqlalchemy / driver errors: one line naming the URL
@@ -120,10 +122,12 @@ def sampler_for(spec: StudySpec, worker: int) -> Any:
 
     seed = spec.seed + worker
     constraints = (lambda t: t.user_attrs.get("constraints", [math.inf])) if spec.constraints else None
-    if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=True)
-    if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+    with warnings.catch_warnings():  # multivariate TPE and constraints are "experimental" in Optuna 4
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if spec.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=True)
+        if spec.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
     return optuna.samplers.RandomSampler(seed=seed)  # random; grid points are enqueued, the sampler is never asked
 
 
@@ -315,7 +319,8 @@ def _requeue_interrupted(study: Any, number: int | None) -> None:
 
     if number is None:
         return
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
         if frozen.state == TrialState.FAIL and SLOT in frozen.user_attrs:
             RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, frozen)
