@@ -49,7 +49,9 @@ def test_demo_reproduces_the_table_1_targets(tmp_path):
         "adapted-finetuned",
     ]
     r = data["ratios"]
-    assert r["final_vs_softmax"] <= 1.10
+    assert r["final_vs_softmax"] <= 1.05  # issue 13's target on the test plays
+    assert r["final_vs_adapted"] <= 1.0  # the last stage never made the held-out plays worse
+    assert data["prose"]["final_vs_softmax"] <= 1.10  # text of another kind, never trained on
     assert r["adapted_vs_linear"] <= 1.25
     assert r["arxiv_start_vs_linear"] > 1.5 * r["arxiv_adapted_vs_linear"]  # the reset collapses, adaptation recovers
     assert r["arxiv_adapted_vs_linear"] <= 1.25

@@ -144,6 +144,9 @@ def evaluate_rows(
     start, reset, arxiv = arxiv_adaptation(calib, quiet=quiet)
     label = "nonlinear hardware, linear weights, maps reset to a = 1, b = 0"
     rows.append(evaluate_row("arxiv-start", label, start, "paper", ids, context=context, quiet=quiet))
+    rows[-1]["provenance"] = (
+        "convert(shakespeare-linear, 'paper'), then reset_head_maps(): a = 1, b = 0 for every map, not adapted"
+    )
     label = f"arXiv-era adaptation from the reset maps ({arxiv.iterations} iterations)"
     rows.append(evaluate_row("arxiv-adapted", label, reset, "paper", ids, context=context, quiet=quiet))
     rows[-1]["provenance"] = (
