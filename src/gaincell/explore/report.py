@@ -113,6 +113,7 @@ def _pareto_png(
     spec: StudySpec, rows: list[dict[str, Any]], front: list[dict[str, Any]], reference: dict[str, Any] | None
 ) -> Any:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     quality = [o for o in spec.objectives if o not in COST_OBJECTIVES]
     costs = [o for o in spec.objectives if o in COST_OBJECTIVES]
@@ -130,6 +131,7 @@ def _pareto_png(
             if reference and reference.get(c) is not None and reference.get(q) is not None:
                 ax.scatter([reference[c]], [reference[q]], marker="*", s=160, c="C0", label=f"{spec.hardware} preset", zorder=5)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # major ticks only: the minor labels overlap
             ax.set_xlabel(c)
             ax.set_ylabel(q)
             ax.grid(alpha=0.3)
