@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shutil
 import statistics
@@ -44,7 +46,7 @@ def main() -> None:
         HardwareConfig.preset("paper").replace(window=64).save(hw)
         spec = {
             "model": args.model,
-            "hardware": "paper",
+            "hardware": str(hw),  # the trial's own config: the base point is the trial, not one more evaluation
             "text": args.text,
             "max_tokens": args.tokens,
             "space": {"window": [64]},
@@ -54,9 +56,15 @@ def main() -> None:
         }
         eval_cmd = [gc, "eval", "--model", args.model, "--hardware", str(hw), "--text", args.text]
         eval_cmd += ["--max-tokens", str(args.tokens), "--json", "--quiet"]
-        evals, trials, trial_walls = [], [], []
+        from gaincell.cli import main as gaincell_main
+
+        evals, trials, trial_walls, in_process = [], [], [], []
         for i in range(args.repeats):
             evals.append(_timed(eval_cmd))
+            t = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                gaincell_main(eval_cmd[1:])
+            in_process.append(time.perf_counter() - t)
             (work / f"s{i}.json").write_text(json.dumps(spec))
             trials.append(_timed([gc, "explore", "--spec", str(work / f"s{i}.json"), "--out", str(work / f"o{i}"), "--quiet"]))
             rows = json.loads((work / f"o{i}" / "trials.json").read_text())["trials"]
@@ -65,10 +73,12 @@ def main() -> None:
         print(
             f"gaincell explore, 1 eval-only trial (command, incl. study creation and outputs): {statistics.median(trials):.2f} s"
         )
+        print(f"gaincell eval in this process (imports warm): {statistics.median(in_process):.2f} s")
         print(f"trial wall_s (load + eval + cost, in the worker): {statistics.median(trial_walls):.2f} s")
+        print(f"ratio trial wall_s / in-process eval: {statistics.median(trial_walls) / statistics.median(in_process):.2f}x")
         print(f"ratio trial command / eval command: {statistics.median(trials) / statistics.median(evals):.2f}x")
         # throughput
-        grid = {"window": [8, 16, 32, 64], "kv_levels": [4, 8]}
+        grid = {"window": [8, 16, 32, 64], "kv_levels": [4, 8]}  # 64 / 8 is the base: no extra reference run
         for workers in (1, 2):
             s = {**spec, "space": grid, "trials": args.trials, "name": f"w{workers}"}
             (work / f"t{workers}.json").write_text(json.dumps(s))

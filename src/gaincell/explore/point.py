@@ -7,6 +7,7 @@ hardware, text, context and stride; :func:`measure_point` is the only place a st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -27,6 +28,29 @@ def point_key(params: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=4)
+def _shape(model: str) -> Any:
+    from gaincell.cost import model_shape
+
+    return model_shape(model)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model: str) -> Any:
+    from gaincell.hub import load_tokenizer
+
+    return load_tokenizer(model)
+
+
+@functools.lru_cache(maxsize=4)
+def _eval_ids(model: str, text: str, max_tokens: int | None) -> Any:
+    """The evaluation tokens, read and tokenised once per worker (every trial of a study shares them)."""
+    from gaincell.data import text_token_ids
+
+    ids = text_token_ids(text, _tokenizer(model)).flatten()
+    return ids if max_tokens is None else ids[:max_tokens]
+
+
 def _needed(spec: StudySpec) -> set[str]:
     return set(spec.objectives) | {c.metric for c in spec.constraints}
 
@@ -34,24 +58,21 @@ def _needed(spec: StudySpec) -> set[str]:
 def measure_point(spec: StudySpec, hardware: HardwareConfig, folder: Path, *, progress: bool = False) -> dict[str, float]:
     """Run the pipeline on ``hardware`` and return every metric the objectives and constraints need (plus the cost
     metrics, which are free).  ``folder``: this point's files (its hardware file, a fine-tune's checkpoints)."""
-    from gaincell.cost import compare, model_shape
+    from gaincell.cost import compare
 
     folder.mkdir(parents=True, exist_ok=True)
     hardware_file = folder / "hardware.yaml"
     hardware.save(hardware_file)
-    cost = compare(hardware, model_shape(spec.model))
+    cost = compare(hardware, _shape(spec.model))
     metrics: dict[str, float] = {name: float(cost[name]) for name in COST_OBJECTIVES}
     needed = _needed(spec)
     if not needed - set(COST_OBJECTIVES):
         return metrics
     model, tokenizer = _pipeline_model(spec, hardware, folder, progress)
     if "perplexity" in needed:
-        from gaincell.data import text_token_ids
         from gaincell.evaluate import perplexity
 
-        ids = text_token_ids(spec.text, tokenizer).flatten()
-        if spec.max_tokens is not None:
-            ids = ids[: spec.max_tokens]
+        ids = _eval_ids(spec.model, spec.text, spec.max_tokens)
         res = perplexity(model, ids, context=spec.context, stride=spec.stride, batch_size=EVAL_BATCH_SIZE, progress=progress)
         metrics["perplexity"] = float(res["perplexity"])
     tasks = sorted(n[len(ACCURACY_PREFIX) :] for n in needed if n.startswith(ACCURACY_PREFIX))
@@ -62,10 +83,10 @@ def measure_point(spec: StudySpec, hardware: HardwareConfig, folder: Path, *, pr
 
 def _pipeline_model(spec: StudySpec, hardware: HardwareConfig, folder: Path, progress: bool) -> tuple[Any, Any]:
     """The model the point is measured on: converted (or adapted from a linear model), then fine-tuned if asked."""
-    from gaincell.hub import load, load_tokenizer
+    from gaincell.hub import load
 
     p = spec.pipeline
-    tokenizer = load_tokenizer(spec.model)
+    tokenizer = _tokenizer(spec.model)
     if not p.adapt:
         model = load(spec.model, attention=hardware)
     else:

@@ -22,7 +22,7 @@ BUILTIN_STUDIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "does the adaptation carry over to other multiply curves? per cell: the linear model -> adapt -> 50 "
         "fine-tuning steps -> perplexity on 40,000 validation tokens (the published ablation, with the paper preset's "
         "quantisation and leakage on)",
-        "about 2 minutes per cell, 6 cells: ~12 minutes",
+        "about 45 s per cell, 6 cells: ~5 minutes",
         {
             "model": "shakespeare-linear",
             "hardware": "paper",
@@ -39,7 +39,7 @@ BUILTIN_STUDIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "bits": (
         "how many bits do the query DAC, the K/V cells and the readout need? the shipped nonlinear model, evaluated "
         "without retraining",
-        "about 40 s per point, 27 points: ~18 minutes",
+        "about 11 s per point, 27 points: ~5 minutes",
         {
             "model": "shakespeare-nonlinear",
             "hardware": "paper",
@@ -54,7 +54,7 @@ BUILTIN_STUDIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "window": (
         "what does a shorter window cost in perplexity and save in energy and area? the shipped nonlinear model "
         "(128-token context) at windows of 8 ... 128 tokens",
-        "about 40 s per point, 5 points: ~4 minutes",
+        "about 12 s per point, 5 points: ~1.5 minutes",
         {
             "model": "shakespeare-nonlinear",
             "hardware": "paper",
@@ -69,7 +69,7 @@ BUILTIN_STUDIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "retention": (
         "how leaky may the cells be? the shipped nonlinear model (0.8 us per token, 128-token context) with "
         "retention times from 10 us to the paper's 5 ms",
-        "about 40 s per point, 6 points: ~4 minutes",
+        "about 12 s per point, 6 points: ~1.5 minutes",
         {
             "model": "shakespeare-nonlinear",
             "hardware": "paper",
