@@ -85,6 +85,12 @@ def main() -> None:
             cmd = [gc, "explore", "--spec", str(work / f"t{workers}.json"), "--out", str(work / f"t{workers}")]
             wall = _timed([*cmd, "--workers", str(workers), "--quiet"])
             print(f"{workers} worker(s): {args.trials} trials in {wall:.1f} s = {60 * args.trials / wall:.1f} trials/min")
+            if workers == 1:  # a trial inside a running study (the worker warm, as the in-process eval above)
+                walls = [r["wall_s"] for r in json.loads((work / "t1" / "trials.json").read_text())["trials"]][1:]
+                print(
+                    f"  median trial wall_s after the first: {statistics.median(walls):.2f} s = "
+                    f"{statistics.median(walls) / statistics.median(in_process):.2f}x the in-process eval"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
