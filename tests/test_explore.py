@@ -292,3 +292,17 @@ def _db_states(out: Path) -> list[str]:
 
     study = optuna.load_study(study_name="gaincell-explore", storage=f"sqlite:///{out / 'study.db'}")
     return [t.state.name for t in study.trials]
+
+
+@pytest.mark.slow
+def test_an_lm_eval_accuracy_is_an_objective(tiny, tmp_path):
+    """acc:TASK runs the offline lm-eval task on each point's hardware and is maximised."""
+    spec = _spec(tiny, space={"window": [16, 64]}, trials=2, objectives=["acc:gaincell_physical_intuition", "energy_per_token_j"])
+    spec["lm_eval_limit"] = 8
+    summary = explore(spec, tmp_path / "acc", progress=False)
+    rows = _trials(tmp_path / "acc")
+    assert summary["complete"] == 2
+    assert all(0.0 <= r["acc:gaincell_physical_intuition"] <= 1.0 for r in rows)
+    from gaincell.explore.spec import objective_direction
+
+    assert objective_direction("acc:gaincell_physical_intuition") == "maximize"
