@@ -20,8 +20,8 @@ _EVAL = {"text": "shakespeare:validation", "max_tokens": 80_000}
 BUILTIN_STUDIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "cells": (
         "does the adaptation carry over to other multiply curves? per cell: the linear model -> adapt -> 50 "
-        "fine-tuning steps -> perplexity on 40,000 validation tokens (the published ablation, with the paper preset's "
-        "quantisation and leakage on)",
+        "fine-tuning steps -> perplexity on 40,000 validation tokens (unlike the published ablation, the paper preset's "
+        "quantisation and leakage stay on)",
         "about 45 s per cell, 6 cells: ~5 minutes",
         {
             "model": "shakespeare-linear",
