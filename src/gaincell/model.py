@@ -32,7 +32,7 @@ from gaincell.attention import (
 from gaincell.cache import install_default_cache
 from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
-from gaincell.kernel import analog_attention, pointwise_attention, softmax_attention
+from gaincell.kernel import analog_attention, causal_window_mask, pointwise_attention, softmax_attention
 from gaincell.noise import make_generator
 
 # attention_spec, head_maps, is_converted, resolve_attention live in gaincell.attention; re-exported for convenience
@@ -121,11 +121,7 @@ def softcapped_softmax_attention(
     tq, tk = q.shape[2], k.shape[2]
     scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     scores = torch.tanh(scores / softcap) * softcap
-    qpos = torch.arange(tk - tq, tk, device=q.device)[:, None]
-    kpos = torch.arange(tk, device=q.device)[None, :]
-    allowed = kpos <= qpos
-    if window is not None:
-        allowed &= kpos > qpos - window
+    allowed = causal_window_mask(tq, tk, window, q.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.matmul(torch.softmax(scores.float(), -1).to(v.dtype), v)
 

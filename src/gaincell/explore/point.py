@@ -121,11 +121,11 @@ def _accuracies(
     spec: StudySpec, model: Any, tokenizer: Any, hardware_file: Path, folder: Path, tasks: list[str]
 ) -> dict[str, float]:
     """lm-eval accuracy per task, on the pipeline's model (saved to the point's folder when it was trained)."""
-    try:
-        from gaincell.bench import evaluate_models
-    except ImportError as exc:  # pragma: no cover - lm-eval is an extra
-        raise GaincellError("acc:TASK objectives need lm-eval: pip install 'gaincell[lm-eval]'") from exc
-    from gaincell.bench import main_metric
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:  # lm-eval is an extra (gaincell.bench imports it lazily)
+        raise GaincellError("acc:TASK objectives need lm-eval: pip install 'gaincell[lm-eval]'")
+    from gaincell.bench import evaluate_models, main_metric
 
     if spec.pipeline.adapt or spec.pipeline.finetune_steps > 0:
         from gaincell.hub import save

@@ -174,6 +174,17 @@ def _cell(y: Tensor, poly: tuple[float, ...]) -> Tensor:
     return out
 
 
+def causal_window_mask(tq: int, tk: int, window: int | None, device: torch.device | str = "cpu") -> Tensor:
+    """(Tq, Tk) boolean mask of the digital baselines: the queries are the last Tq of the Tk keys, and query i sees the
+    keys j with i - window < j <= i (all earlier keys when ``window`` is None)."""
+    qpos = torch.arange(tk - tq, tk, device=device)[:, None]
+    kpos = torch.arange(tk, device=device)[None, :]
+    allowed = kpos <= qpos
+    if window is not None:
+        allowed &= kpos > qpos - window
+    return allowed
+
+
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = None, scale: float | None = None) -> Tensor:
     """Causal softmax attention with an optional sliding window, same shapes as :func:`analog_attention`.
 
@@ -185,11 +196,7 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int | None = N
     tq, tk = q.shape[2], k.shape[2]
     if tq == tk and (window is None or window >= tk):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    qpos = torch.arange(tk - tq, tk, device=q.device)[:, None]
-    kpos = torch.arange(tk, device=q.device)[None, :]
-    allowed = kpos <= qpos
-    if window is not None:
-        allowed &= kpos > qpos - window
+    allowed = causal_window_mask(tq, tk, window, q.device)
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
 
@@ -219,11 +226,7 @@ def pointwise_attention(
     if softcap:
         s = torch.tanh(s / softcap) * softcap
     phi = s.clamp(0.0, 1.0) if score == "hardsigmoid" else torch.sigmoid(s)
-    qpos = torch.arange(tk - tq, tk, device=q.device)[:, None]
-    kpos = torch.arange(tk, device=q.device)[None, :]
-    allowed = kpos <= qpos
-    if window is not None:
-        allowed &= kpos > qpos - window
+    allowed = causal_window_mask(tq, tk, window, q.device)
     return torch.matmul(phi * allowed.to(phi.dtype), v)
 
 
