@@ -1,9 +1,9 @@
 """Decode speed: host tokens/s through the analog KV cache vs Hugging Face's DynamicCache with SDPA.
 
-    python benchmarks/decode.py [--threads 2] [--tokens 256]
+    python benchmarks/decode.py [--threads 2] [--tokens 256] [--batches 1 8]
 
-Greedy decoding, batch 1, after a 16-token prompt: the shipped Shakespeare nonlinear model, and a GPT-2-small-shaped
-model (random weights) converted to the paper preset.  Then the per-token cost against position for a Llama-shaped
+Greedy decoding after a 16-token prompt, batch 1 and batch 8 (tokens/s counts every row's tokens): the shipped
+Shakespeare nonlinear model, and a GPT-2-small-shaped model (random weights) converted to the paper preset.  Then the per-token cost against position for a Llama-shaped
 model (RoPE, window 256): flat once the ring is full (O(window), not O(tokens so far)).
 """
 
@@ -38,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -50,16 +51,18 @@ def main() -> None:
         print(f"(shipped model skipped: {exc})")
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)).eval()
     models.append(("GPT-2-small-shaped, paper", convert(gpt2, "paper"), args.tokens))
-    print("| model | new tokens | analog cache tok/s | DynamicCache + SDPA tok/s | analog speed / SDPA speed |")
-    print("|---|---|---|---|---|")
+    print("| model | batch | new tokens per row | analog cache tok/s | DynamicCache + SDPA tok/s | analog speed / SDPA speed |")
+    print("|---|---|---|---|---|---|")
     for name, model, n in models:
-        prompt = torch.randint(0, model.config.vocab_size, (1, 16))
-        analog = sum(decode(model, AnalogKVCache(model), n, prompt))
         ref = copy.deepcopy(model)
         ref.set_attn_implementation("sdpa")
         ref._gaincell_spec = None
-        digital = sum(decode(ref, DynamicCache(config=ref.config), n, prompt))
-        print(f"| {name} | {n} | {n / analog:.1f} | {n / digital:.1f} | {digital / analog:.2f}x |", flush=True)
+        for batch in args.batches:
+            prompt = torch.randint(0, model.config.vocab_size, (batch, 16))
+            analog = sum(decode(model, AnalogKVCache(model), n, prompt))
+            digital = sum(decode(ref, DynamicCache(config=ref.config), n, prompt))
+            speeds = f"{batch * n / analog:.1f} | {batch * n / digital:.1f} | {digital / analog:.2f}x"
+            print(f"| {name} | {batch} | {n} | {speeds} |", flush=True)
     llama = LlamaForCausalLM(
         LlamaConfig(
             num_hidden_layers=4,

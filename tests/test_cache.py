@@ -72,6 +72,58 @@ def test_token_by_token_equals_parallel_past_the_window(factory, preset):
     assert cache.layers[0].yk.shape[2] == 24 and cache.get_seq_length() == 90
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # cubic cell, leakage, published readout grid
+        {"cell": "linear"},  # one power
+        {"cell": "x5"},  # six powers
+        {"out_quantizer": "exact"},  # only tiles that hold a key are read out
+        {"out_levels": None, "q_levels": None},  # no quantisers
+        {"decay_per_token": 0.0},  # no leakage: the gains need no leak factor
+        {"window": 20, "array_size": 8},  # a partial last array: the cache reads through the kernel instead
+    ],
+)
+def test_a_decoding_step_reads_the_stored_powers_exactly(changes, monkeypatch):
+    """The cache's decoding step reads sum_p g_p e^p (q . y^p) from stored powers: equal to the parallel kernel for a
+    batch of grouped-query rows, through the first partly filled arrays and past several ring wraps; and it is the
+    path taken whenever the reads are quiet and the window is a whole number of arrays."""
+    from gaincell.cache import AnalogCacheLayer
+
+    hw = HW.replace(**changes)
+    expanded = hw.window % hw.array_size == 0
+    calls = []
+    original = AnalogCacheLayer._read_expanded
+    monkeypatch.setattr(AnalogCacheLayer, "_read_expanded", lambda self, *a: calls.append(1) or original(self, *a))
+    model = active(convert(llama(), hw))  # 4 query heads on 2 key/value heads
+    x = torch.randint(1, V, (3, 70))  # 3 rows; 70 tokens through a 20- or 24-slot ring
+    ref = model(input_ids=x, use_cache=False).logits
+    got, _ = _decode(model, x, prefill=3)  # decoding starts inside the first array
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+    assert len(calls) == (2 * 67 if expanded else 0)  # 2 layers x 67 decoding steps
+
+
+def test_noisy_reads_and_padded_rows_decode_through_the_kernel(monkeypatch):
+    """Read noise or cell variation, or rows with different numbers of written slots, leave the expanded read."""
+    from gaincell.cache import AnalogCacheLayer
+
+    calls = []
+    original = AnalogCacheLayer._read_expanded
+    monkeypatch.setattr(AnalogCacheLayer, "_read_expanded", lambda self, *a: calls.append(1) or original(self, *a))
+    for hw in (HW.replace(read_noise_output=0.01), HW.replace(cell_gain_variation=0.05)):
+        _decode(convert(llama(), hw), torch.randint(1, V, (1, 12)), prefill=4)
+    assert calls == []
+    model = active(convert(llama(), HW))
+    cache = AnalogKVCache(model)
+    batch, mask = torch.randint(1, V, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0  # the second row starts 2 tokens later
+    model(input_ids=batch, attention_mask=mask, cache=cache, use_cache=True)
+    for _ in range(30):  # after step t the rows hold 7 + t and 5 + t slots (at most the 24 of the ring)
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        model(input_ids=torch.randint(1, V, (2, 1)), attention_mask=mask, cache=cache, use_cache=True)
+    assert len(calls) == 2 * (30 - 19)  # the expanded read once both rows' rings are full (t >= 19)
+
+
 def test_float32_decoding_within_float32_tolerance_and_same_greedy_tokens():
     model = active(convert(llama(dtype=torch.float32), HW))
     x = torch.randint(1, V, (1, 80))
@@ -95,6 +147,20 @@ def test_hf_generate_uses_the_analog_cache_and_matches_parallel_greedy():
     out = model.generate(prompt, max_new_tokens=40, do_sample=False, return_dict_in_generate=True)
     assert isinstance(out.past_key_values, AnalogKVCache)
     assert torch.equal(out.sequences, _parallel_greedy(model, prompt, 40))
+
+
+def test_a_deep_copy_of_a_converted_model_builds_caches_from_its_own_maps():
+    import copy
+
+    from gaincell.attention import head_maps
+
+    model = active(convert(llama(), HW))
+    twin = copy.deepcopy(model)
+    out = twin.generate(torch.randint(1, V, (1, 5)), max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    assert out.past_key_values.maps[0] is next(head_maps(twin))
+    twin._gaincell_spec = None  # the copy made digital again (as the decode benchmark does): a DynamicCache stays one
+    out = twin.generate(torch.randint(1, V, (1, 5)), max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    assert not isinstance(out.past_key_values, AnalogKVCache)
 
 
 def test_left_padded_batch_equals_each_sequence_alone():

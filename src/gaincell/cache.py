@@ -28,7 +28,7 @@ from gaincell.attention import attention_layers, attention_spec, head_maps, laye
 from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
 from gaincell.families import position_limit
-from gaincell.kernel import analog_attention
+from gaincell.kernel import analog_attention, dac, readout_tiles
 from gaincell.noise import make_write_generator, write_voltages
 
 __all__ = ["AnalogKVCache"]
@@ -50,13 +50,26 @@ class AnalogCacheLayer(CacheLayerMixin):
         super().__init__()
         self.cache = cache
         self.index = index
-        self.yk: Tensor | None = None  # (B, Hkv, W, D) signed voltages as written
-        self.yv: Tensor | None = None
+        # (B, Hkv, 2, W, P + 1, D): per K / V cell of every slot, the powers y^0 ... y^P of its signed voltage as
+        # written (P = the cell polynomial's degree; y^0 = 1 marks a written cell, a never-written slot is all zero).
+        # Reads expand the cell's polynomial of the decayed voltage, f(e y) = sum_p g_p e^p y^p, over these powers.
+        self.powers: Tensor | None = None
         self.t_write: Tensor | None = None  # (B, W) float64 write time of each slot (s)
         self.written: Tensor | None = None  # (B,) real tokens written so far
+        self.uniform: int | None = 0  # tokens written, while every row has written the same number (else None)
         self.steps = 0  # token steps processed (padding included): the next token's position
         self.pending: tuple[Tensor, Tensor] | None = None
         self.last_refresh = 0.0
+
+    @property
+    def yk(self) -> Tensor | None:
+        """(B, Hkv, W, D) signed key voltages as written (a view of the stored powers)."""
+        return None if self.powers is None else self.powers[:, :, 0, :, 1]
+
+    @property
+    def yv(self) -> Tensor | None:
+        """(B, Hkv, W, D) signed value voltages as written (a view of the stored powers)."""
+        return None if self.powers is None else self.powers[:, :, 1, :, 1]
 
     @property
     def hardware(self) -> HardwareConfig:
@@ -68,8 +81,10 @@ class AnalogCacheLayer(CacheLayerMixin):
         b, hkv, _, d = key_states.shape
         w = self.hardware.window
         dtype = torch.float64 if key_states.dtype == torch.float64 else torch.float32
-        self.yk = torch.zeros(b, hkv, w, d, dtype=dtype, device=key_states.device)
-        self.yv = torch.zeros_like(self.yk)
+        degree = len(self.hardware.cell_polynomial) - 1
+        self.powers = torch.zeros(b, hkv, 2, w, degree + 1, d, dtype=dtype, device=key_states.device)
+        self.exponents = torch.arange(degree + 1, dtype=dtype, device=key_states.device)
+        self.gains = torch.tensor(self.hardware.cell_polynomial, dtype=dtype, device=key_states.device)
         self.t_write = torch.zeros(b, w, dtype=torch.float64, device=key_states.device)
         self.written = torch.zeros(b, dtype=torch.long, device=key_states.device)
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -78,14 +93,11 @@ class AnalogCacheLayer(CacheLayerMixin):
     def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        assert self.yk is not None
-        if (
-            key_states.shape[0] != self.yk.shape[0]
-            or key_states.shape[1] != self.yk.shape[1]
-            or key_states.shape[3] != self.yk.shape[3]
-        ):
+        assert self.powers is not None
+        held = (self.powers.shape[0], self.powers.shape[1], self.powers.shape[5])
+        if (key_states.shape[0], key_states.shape[1], key_states.shape[3]) != held:
             raise GaincellError(
-                f"this AnalogKVCache holds (batch, kv heads, head dim) = {tuple(self.yk.shape[i] for i in (0, 1, 3))} in layer "
+                f"this AnalogKVCache holds (batch, kv heads, head dim) = {held} in layer "
                 f"{self.index}, got {tuple(key_states.shape[i] for i in (0, 1, 3))}: a cache cannot be reused across "
                 "models or batch sizes"
             )
@@ -103,7 +115,8 @@ class AnalogCacheLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.yk = self.yv = self.t_write = self.written = None
+        self.powers = self.t_write = self.written = None
+        self.uniform = 0
         self.steps = 0
         self.pending = None
         self.last_refresh = 0.0
@@ -123,44 +136,56 @@ class AnalogCacheLayer(CacheLayerMixin):
         if not self.is_initialized:
             return
         idx = idx.to(self.device)
-        self.yk, self.yv = self.yk.index_select(0, idx), self.yv.index_select(0, idx)  # type: ignore[union-attr]
+        self.powers = self.powers.index_select(0, idx)  # type: ignore[union-attr]
         self.t_write, self.written = self.t_write.index_select(0, idx), self.written.index_select(0, idx)  # type: ignore[union-attr]
+        counts = self.written.tolist()  # type: ignore[union-attr]
+        self.uniform = counts[0] if counts and min(counts) == max(counts) else None
 
     # --------------------------------------------------------------- the analog arrays
     def now(self, step: int) -> float:
         return step * self.hardware.token_period + self.cache.idle
 
-    def _voltages(self, x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-        """DAC write of mapped K or V: clamp, quantise, offset; plus write noise (drawn once per written cell)."""
-        x = (x * scale.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)).to(self.yk.dtype)  # type: ignore[union-attr]
-        return write_voltages(x, self.hardware, self.cache.write_generator(x.device))
+    def _voltages(self, key: Tensor, value: Tensor, maps: Any) -> Tensor:
+        """DAC write of the mapped K and V (B, Hkv, T, D): clamp, quantise, offset, plus write noise (drawn once per
+        written cell, all of K, then all of V); returns (B, Hkv, 2, T, D)."""
+        dtype = self.powers.dtype  # type: ignore[union-attr]
+        hw, gen = self.hardware, self.cache.write_generator(key.device)
+        if hw.write_noise > 0:  # two writes, so that the noise stream is drawn in the same order as ever
+            yk = write_voltages((key * maps.k_scale.view(1, -1, 1, 1) + maps.k_bias.view(1, -1, 1, 1)).to(dtype), hw, gen)
+            yv = write_voltages((value * maps.v_scale.view(1, -1, 1, 1) + maps.v_bias.view(1, -1, 1, 1)).to(dtype), hw, gen)
+            return torch.stack([yk, yv], 2)
+        scale = torch.stack([maps.k_scale, maps.v_scale], 1).view(1, -1, 2, 1, 1)
+        bias = torch.stack([maps.k_bias, maps.v_bias], 1).view(1, -1, 2, 1, 1)
+        return write_voltages((torch.stack([key, value], 2) * scale + bias).to(dtype), hw, None)
 
     def attend(self, maps: Any, query: Tensor, padding: Tensor | None) -> Tensor:
         """Write the pending tokens and read every query through the arrays; returns (B, H, Tq, D) before the out map."""
-        assert self.pending is not None and self.yk is not None and self.yv is not None
+        assert self.pending is not None and self.powers is not None
         assert self.t_write is not None and self.written is not None
         key, value = self.pending
         self.pending = None
         with torch.no_grad():
-            q = (query * maps.q_scale.view(1, -1, 1, 1) + maps.q_bias.view(1, -1, 1, 1)).to(self.yk.dtype)
-            yk = self._voltages(key, maps.k_scale, maps.k_bias)
-            yv = self._voltages(value, maps.v_scale, maps.v_bias)
+            q = (query * maps.q_scale.view(1, -1, 1, 1) + maps.q_bias.view(1, -1, 1, 1)).to(self.powers.dtype)
+            y = self._voltages(key, value, maps)  # (B, Hkv, 2, Tq, D)
             b, h, tq, d = q.shape
+            if tq == 1 and self.steps > 0 and (padding is None or bool(padding[:, -1].all())):  # every row decodes
+                return self._decode_step(q, y[:, :, :, 0], maps).to(query.dtype)
             real = torch.ones(b, tq, dtype=torch.bool, device=q.device) if padding is None else padding[:, -tq:].bool()
             out = q.new_zeros(b, h, tq, d)
             if self.steps == 0 and tq > 1:
-                self._prefill(q, yk, yv, real, out, maps)
+                self._prefill(q, y, real, out, maps)
             else:
                 for t in range(tq):
-                    self._decode_one(q[:, :, t : t + 1], yk[:, :, t], yv[:, :, t], real[:, t], out[:, :, t : t + 1], maps)
+                    self._decode_one(q[:, :, t : t + 1], y[:, :, :, t], real[:, t], out[:, :, t : t + 1], maps)
         return out.to(query.dtype)
 
     def _groups(self, h: int) -> int:
-        return h // self.yk.shape[1]  # type: ignore[union-attr]
+        return h // self.powers.shape[1]  # type: ignore[union-attr]
 
-    def _prefill(self, q: Tensor, yk: Tensor, yv: Tensor, real: Tensor, out: Tensor, maps: Any) -> None:
+    def _prefill(self, q: Tensor, y: Tensor, real: Tensor, out: Tensor, maps: Any) -> None:
         """Empty cache, several tokens: the parallel kernel (it is what the arrays compute), then write the ring."""
         hw = self.hardware
+        yk, yv = y[:, :, 0], y[:, :, 1]
         g = self._groups(q.shape[1])
         starts = [int(r.nonzero()[0]) if bool(r.any()) else q.shape[2] for r in real]
         if len(set(starts)) == 1 and bool(real[:, starts[0] :].all()):
@@ -183,20 +208,35 @@ class AnalogCacheLayer(CacheLayerMixin):
                 generator=maps.noise_generator(q.device),
             )
             out[idx, :, s:] = o
+        every = bool(real.all())
         for t in range(q.shape[2]):
-            self._write(yk[:, :, t], yv[:, :, t], real[:, t], self.now(self.steps))
+            self._write(y[:, :, :, t], None if every else real[:, t], self.now(self.steps))
             self.steps += 1
 
-    def _write(self, yk: Tensor, yv: Tensor, real: Tensor, now: float) -> None:
+    def _write(self, y: Tensor, real: Tensor | None, now: float) -> None:
+        """Write one token's K and V voltages y (B, Hkv, 2, D) into each real row's next slot (``real`` None: every
+        row)."""
         w = self.hardware.window
-        rows = real.nonzero().flatten()
+        assert self.powers is not None and self.t_write is not None and self.written is not None
+        powers = y[:, :, :, None, :].pow(self.exponents[:, None])  # (B, Hkv, 2, P + 1, D); y^0 = 1 marks the cell written
+        if real is None and self.uniform is not None:  # every row writes the same slot
+            slot = self.uniform % w
+            self.powers[:, :, :, slot] = powers
+            self.t_write[:, slot] = now
+            self.written += 1
+            self.uniform += 1
+            return
+        rows = torch.arange(y.shape[0], device=y.device) if real is None else real.nonzero().flatten()
         if rows.numel() == 0:
             return
-        slots = self.written[rows] % w  # type: ignore[index]
-        self.yk[rows, :, slots] = yk[rows].to(self.yk.dtype)  # type: ignore[index]
-        self.yv[rows, :, slots] = yv[rows].to(self.yv.dtype)  # type: ignore[index]
-        self.t_write[rows, slots] = now  # type: ignore[index]
-        self.written[rows] += 1  # type: ignore[index]
+        if rows.numel() != y.shape[0]:
+            self.uniform = None
+        slots = self.written[rows] % w
+        self.powers[rows, :, :, slots] = powers[rows]
+        self.t_write[rows, slots] = now
+        self.written[rows] += 1
+        if self.uniform is not None:
+            self.uniform += 1
 
     def _decayed(self, rows: Tensor, n: int, now: float) -> tuple[Tensor, Tensor]:
         """Stored voltages of ``rows``' first ``n`` slots as they read at time ``now``."""
@@ -250,16 +290,24 @@ class AnalogCacheLayer(CacheLayerMixin):
             for src, dst in ((yk, self.yk), (yv, self.yv)):
                 y = write_voltages(src + hw.kv_offset, hw, self.cache.write_generator(src.device))
                 dst[:, :, :n] = torch.where(valid[:, None, :, None], y, dst[:, :, :n])  # type: ignore[index]
+            first = self.powers[:, :, :, :n, 1:2]  # type: ignore[index]  # the rewritten voltages: their other powers
+            self.powers[:, :, :, :n, 2:] = first.pow(self.exponents[2:, None])  # type: ignore[index]
         self.t_write[:, :n] = torch.where(valid, torch.full_like(self.t_write[:, :n], now), self.t_write[:, :n])  # type: ignore[index]
         return cells
 
-    def _decode_one(self, q: Tensor, yk: Tensor, yv: Tensor, real: Tensor, out: Tensor, maps: Any) -> None:
-        hw = self.hardware
+    def _decode_one(self, q: Tensor, y: Tensor, real: Tensor, out: Tensor, maps: Any) -> None:
+        """One token step in which some rows hold padding: write the real rows, read them through the arrays."""
         now = self.now(self.steps)
         if self.cache.refresh_period is not None:
             self._refresh_until(now)
-        self._write(yk, yv, real, now)
+        self._write(y, real, now)
         self.steps += 1
+        self._read_rows(q, real, out, maps, now)
+
+    def _read_rows(self, q: Tensor, real: Tensor, out: Tensor, maps: Any, now: float) -> None:
+        """Read the ``real`` rows' queries through the arrays, grouped by their number of written slots (any
+        hardware: noise and cell variation included)."""
+        hw = self.hardware
         g = self._groups(q.shape[1])
         n_valid = self.written.clamp(max=hw.window)  # type: ignore[union-attr]
         for n in sorted(set(n_valid[real].tolist())):
@@ -275,6 +323,69 @@ class AnalogCacheLayer(CacheLayerMixin):
                 generator=maps.noise_generator(q.device),
             )
             out[rows] = o
+
+    def _decode_step(self, q: Tensor, y: Tensor, maps: Any) -> Tensor:
+        """Every row decodes one token: write its K and V (B, Hkv, 2, D), read its query (B, H, 1, D) through the
+        arrays."""
+        hw = self.hardware
+        now = self.now(self.steps)
+        if self.cache.refresh_period is not None:
+            self._refresh_until(now)
+        self._write(y, None, now)
+        self.steps += 1
+        w = hw.window
+        if self.uniform is not None:
+            n: int | None = min(self.uniform, w)
+        else:
+            lo, hi = self.written.clamp(max=w).aminmax()  # type: ignore[union-attr]
+            n = int(lo) if int(lo) == int(hi) else None
+        quiet_reads = (
+            hw.read_noise_score == 0
+            and hw.read_noise_output == 0
+            and hw.read_snr_db is None
+            and hw.cell_gain_variation == 0
+            and hw.cell_offset_variation == 0
+        )
+        if n is None or not quiet_reads or w % hw.array_size:
+            out = q.new_zeros(q.shape)
+            self._read_rows(q, torch.ones(q.shape[0], dtype=torch.bool, device=q.device), out, maps, now)
+            return out
+        return self._read_expanded(q, n, now)
+
+    def _read_expanded(self, q: Tensor, n: int, now: float) -> Tensor:
+        """One query per row (B, H, 1, D) read against the first ``n`` slots of every row, from the stored powers.
+
+        The same arrays as :func:`gaincell.analog_attention` on the decayed voltages, summed in another order: the
+        first array's S_j = sum_d q_d f(e_j y_jd) = sum_p g_p e_j^p (sum_d q_d y_jd^p) (e_j: slot j's leak factor), so
+        one product over the stored powers replaces the cell polynomial over every stored voltage; the second array's
+        tile sums A_t = sum_(j in t) phi_j f(e_j v_j) = sum_(j in t, p) (phi_j g_p e_j^p) v_j^p likewise.  Grouped-query
+        heads share their key/value head's powers.  Needs reads without noise or cell variation and a window that is a
+        whole number of arrays (the caller checks); slots past ``n`` in the last array hold zeros and contribute nothing.
+        """
+        hw = self.hardware
+        stored = self.powers
+        assert stored is not None and self.t_write is not None
+        b, h, _, d = q.shape
+        hkv, terms, size = stored.shape[1], stored.shape[4], hw.array_size
+        g = h // hkv
+        tiles = -(-n // size)
+        span = tiles * size  # <= window: the window is a whole number of arrays
+        tau = hw.retention_time
+        if math.isinf(tau):
+            gains = self.gains.expand(b, span, terms)
+        else:  # g_p e_j^p with e_j = exp(-age_j / tau)
+            leak = torch.exp((self.t_write[:, :span] - now) / tau).to(stored.dtype)
+            gains = leak[:, :, None].pow(self.exponents) * self.gains
+        pulses = dac(q, 0.0, 1.0, hw.q_levels).mul_(1.0 / hw.score_saturation).view(b, hkv, g, d)
+        # first array: per slot and power, sum_d q_d y^p (one product), then weighted by g_p e^p and summed over p
+        keys = stored[:, :, 0, :span].reshape(b, hkv, span * terms, d)
+        partial = torch.matmul(pulses, keys.transpose(-1, -2)).view(b, hkv, g, span, terms)
+        phi = (partial * gains[:, None, None]).sum(-1).clamp_(0.0, 1.0)  # (B, Hkv, g, span)
+        # second array, tile by tile: weights phi_j g_p e_j^p against the stored powers of the values
+        weights = phi.view(b, hkv, g, tiles, size, 1) * gains.view(b, 1, 1, tiles, size, terms)
+        values = stored[:, :, 1, :span].reshape(b, hkv, tiles, size * terms, d)
+        tile_sums = torch.matmul(weights.view(b, hkv, g, tiles, size * terms).transpose(2, 3), values)  # (B, Hkv, tiles, g, D)
+        return readout_tiles(tile_sums, hw, tile_dim=2).reshape(b, h, 1, d)
 
 
 class AnalogKVCache(Cache):
@@ -351,7 +462,13 @@ def install_default_cache(model: nn.Module) -> None:
     if getattr(inner, "_gaincell_hook", None) is not None:
         return
 
+    # The hook finds its model through the decoder, not through a closure: a deep copy of the model then copies the
+    # reference too, so a copy's caches are built from the copy's own maps and hardware (a plain attribute, not a
+    # registered submodule, so no module cycle).
+    object.__setattr__(inner, "_gaincell_model", model)
+
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        model = module._gaincell_model
         ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         length = ids.shape[1] if ids is not None else (embeds.shape[1] if embeds is not None else 0)

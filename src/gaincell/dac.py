@@ -29,19 +29,22 @@ def quantize(x: Tensor, lo: float, hi: float, levels: int | None, *, grid: str =
     return torch.round(x / step) * step
 
 
+def _convert(x: Tensor, lo: float, hi: float, levels: int | None, offset: float) -> Tensor:
+    """The DAC's forward values: clamp, quantise (published grid), subtract the offset; in one new tensor."""
+    y = x.clamp(lo, hi)
+    if levels is not None:
+        step = (hi - lo) / (levels - 1)
+        y.div_(step).round_().mul_(step)
+    return y.sub_(offset) if offset != 0.0 else y
+
+
 class DACFunction(torch.autograd.Function):
     """clamp -> quantise -> subtract offset in one pass; gradient = clamp mask (straight-through rounding)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, lo: float, hi: float, levels: int | None, offset: float) -> Tensor:  # type: ignore[override]
-        y = x.clamp(lo, hi)
-        if levels is not None:
-            step = (hi - lo) / (levels - 1)
-            y.div_(step).round_().mul_(step)
-        if offset != 0.0:
-            y.sub_(offset)
         ctx.save_for_backward((x >= lo) & (x <= hi))
-        return y
+        return _convert(x, lo, hi, levels, offset)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -49,19 +52,12 @@ class DACFunction(torch.autograd.Function):
         return grad * inside, None, None, None, None
 
 
-class _NoGradContext:
-    """Stands in for autograd's context when nothing needs a gradient: the mask is dropped."""
-
-    def save_for_backward(self, *_: Tensor) -> None:
-        pass
-
-
 def dac(x: Tensor, lo: float, hi: float, levels: int | None, offset: float = 0.0) -> Tensor:
     """Clamp to [lo, hi], quantise (published grid) and subtract ``offset``.
 
     Gradient: the clamp mask, straight through the rounding (the paper's training rule).
     """
-    if not (torch.is_grad_enabled() and x.requires_grad):
+    if not (torch.is_grad_enabled() and x.requires_grad):  # no gradient: the same values, no clamp mask
         with torch.no_grad():
-            return DACFunction.forward(_NoGradContext(), x, lo, hi, levels, offset)
+            return _convert(x, lo, hi, levels, offset)
     return DACFunction.apply(x, lo, hi, levels, offset)

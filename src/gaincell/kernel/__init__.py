@@ -37,6 +37,7 @@ from gaincell.kernel.api import (
     attention_map,
     causal_window_mask,
     pointwise_attention,
+    readout_tiles,
     score_pairs,
     softmax_attention,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "make_generator",
     "pointwise_attention",
     "quantize",
+    "readout_tiles",
     "release_workspace",
     "score_pairs",
     "softmax_attention",

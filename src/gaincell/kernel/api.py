@@ -150,19 +150,26 @@ def one_query_from_voltages(q: Tensor, y_k: Tensor, y_v: Tensor, config: Hardwar
     weighted = _cell(y_v, poly).mul_(phi)
     n_tiles = cfg.n_tiles
     tile_sums = weighted.new_zeros(*weighted.shape[:2], n_tiles, weighted.shape[-1]).index_add_(2, tiles, weighted)
-    # readout of each tile: clamp(A / A_sat, -1, 1), quantised, in units of one step; then the digital sum
-    step = 1.0 if cfg.out_levels is None else 2.0 / (cfg.out_levels - 1)
+    if cfg.out_levels is not None and cfg.out_quantizer == "exact":  # only tiles that hold a key are read out
+        written = torch.zeros(n_tiles, dtype=torch.bool, device=q.device)
+        written[tiles] = True
+        tile_sums = tile_sums[:, :, written]
+    return readout_tiles(tile_sums, cfg, tile_dim=2)
+
+
+def readout_tiles(tile_sums: Tensor, config: HardwareConfig, *, tile_dim: int) -> Tensor:
+    """The 5-bit counters and the digital sum of a read: each tile's charge A (the tiles along ``tile_dim``, every one
+    holding a key) read out as clamp(A / output_saturation, -1, 1) on the output quantiser, then summed over the tiles
+    (kept as a dimension of size 1).  Overwrites ``tile_sums``."""
+    cfg = config
+    step = 1.0 if cfg.out_levels is None else 2.0 / (cfg.out_levels - 1)  # computed in units of one step
     x = tile_sums.mul_(1.0 / cfg.output_saturation / step).clamp_(-1.0 / step, 1.0 / step)
     if cfg.out_levels is not None:
         if cfg.out_quantizer == "exact":
             x.add_(1.0 / step).round_().sub_(1.0 / step)
         else:
             x.round_()
-    if cfg.out_levels is not None and cfg.out_quantizer == "exact":  # only tiles that hold a key are read out
-        written = torch.zeros(n_tiles, dtype=torch.bool, device=q.device)
-        written[tiles] = True
-        x = x[:, :, written]
-    out = x.sum(2, keepdim=True)
+    out = x.sum(tile_dim, keepdim=True)
     return out.mul_(step) if step != 1.0 else out
 
 
