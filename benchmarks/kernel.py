@@ -5,7 +5,7 @@
 B=1, H=12, D=64, float32.  For each T in {256, 1024, 4096} and W in {256, T}: forward time of the paper kernel and of
 SDPA(is_causal=True) on the same tensors, forward+backward of both, and the peak extra memory of one forward
 (VmHWM increase minus the output, in a fresh subprocess; Linux only; on CUDA the allocator's peak).  Medians of
-``--repeats`` runs.
+``--repeats`` runs, SDPA and analog alternating (a shared machine's drifting speed then slows both alike).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from common import cuda_peak_mib, median_time
+from common import cuda_peak_mib, paired_median_times
 from gaincell import HardwareConfig, analog_attention
 
 F = torch.nn.functional
@@ -84,8 +84,12 @@ def main() -> None:
         for w in sorted({256, t}):
             cfg = base.replace(window=w)
             reps = args.repeats if t <= 1024 else max(2, args.repeats // 2)
-            ts = median_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), reps, dev)
-            ta = median_time(lambda cfg=cfg: analog_attention(q, k, v, cfg), reps, dev)
+            ts, ta = paired_median_times(
+                lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                lambda cfg=cfg: analog_attention(q, k, v, cfg),
+                reps,
+                dev,
+            )
             row = [str(t), str(w), f"{ts * 1e3:.1f}", f"{ta * 1e3:.1f}", f"{ta / ts:.2f}x"]
             if t <= args.no_backward_above:
                 qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
@@ -96,8 +100,7 @@ def main() -> None:
                 def analog_fb(cfg=cfg):
                     analog_attention(qg, kg, vg, cfg).sum().backward()
 
-                tsb = median_time(sdpa_fb, reps, dev)
-                tab = median_time(analog_fb, reps, dev)
+                tsb, tab = paired_median_times(sdpa_fb, analog_fb, reps, dev)
                 row += [f"{tsb * 1e3:.1f}", f"{tab * 1e3:.1f}", f"{tab / tsb:.2f}x"]
             else:
                 row += ["-", "-", "-"]

@@ -2,8 +2,8 @@
 
     python benchmarks/model.py [--threads 2] [--repeats 3] [--device cpu|cuda]
 
-Forward (no grad) with the paper preset vs the same weights with PyTorch SDPA, measured in one process; also the
-shipped Shakespeare model (4 layers, 128 wide) on 16 x 128 tokens.  Medians.
+Forward (no grad) with the paper preset vs the same weights with PyTorch SDPA, measured in one process, the two
+alternating; also the shipped Shakespeare model (4 layers, 128 wide) on 16 x 128 tokens.  Medians.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import copy
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import median_time
+from common import paired_median_times
 from gaincell.model import convert
 
 
@@ -30,8 +30,8 @@ def main() -> None:
     cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
     sdpa = GPT2LMHeadModel(cfg).eval().to(dev)
     sdpa.set_attn_implementation("sdpa")
-    print("| model | tokens | SDPA ms | paper ms | ratio | paper-linear ms | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | tokens | SDPA ms | paper ms | ratio | SDPA ms | paper-linear ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     x = torch.randint(0, 50257, (1, 1024), device=dev)
     rows = [("GPT-2-small-shaped (random weights)", sdpa, x)]
     try:
@@ -43,17 +43,18 @@ def main() -> None:
     except Exception as exc:
         print(f"(shipped model skipped: {exc})")
     for name, model, inp in rows:
+        cells = []
         with torch.no_grad():
-            t_sdpa = median_time(lambda m=model, i=inp: m(input_ids=i, use_cache=False), args.repeats, dev)
-            times = []
-            for preset in ("paper", "paper-linear"):
+            for preset in ("paper", "paper-linear"):  # each against SDPA, alternating (see common.paired_median_times)
                 analog = convert(copy.deepcopy(model), preset).eval()
-                times.append(median_time(lambda m=analog, i=inp: m(input_ids=i, use_cache=False), args.repeats, dev))
-        print(
-            f"| {name} | {inp.shape[0]}x{inp.shape[1]} | {t_sdpa * 1e3:.0f} | {times[0] * 1e3:.0f} | {times[0] / t_sdpa:.2f}x "
-            f"| {times[1] * 1e3:.0f} | {times[1] / t_sdpa:.2f}x |",
-            flush=True,
-        )
+                t_sdpa, t_analog = paired_median_times(
+                    lambda m=model, i=inp: m(input_ids=i, use_cache=False),
+                    lambda m=analog, i=inp: m(input_ids=i, use_cache=False),
+                    args.repeats,
+                    dev,
+                )
+                cells.append(f"{t_sdpa * 1e3:.0f} | {t_analog * 1e3:.0f} | {t_analog / t_sdpa:.2f}x")
+        print(f"| {name} | {inp.shape[0]}x{inp.shape[1]} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":
