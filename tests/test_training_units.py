@@ -444,23 +444,28 @@ def test_recorded_targets_resume_exactly_and_can_be_switched_off(tmp_path):
     assert all(m.targets == {} for m in head_maps(off)) and not (tmp_path / "off" / "model" / "targets.safetensors").exists()
 
 
-def test_trainable_head_maps_trains_only_the_maps_and_unfreezes_after(tmp_path):
+@pytest.mark.parametrize(
+    ("which", "maps"), [("head-maps", ("q", "k", "v", "out")), ("head-maps:v,out", ("v", "out")), ("head-maps:k", ("k",))]
+)
+def test_trainable_maps_train_only_those_maps_and_unfreeze_after(tmp_path, which, maps):
     from gaincell.attention import head_maps
     from gaincell.model import convert
 
     model = convert(_tiny_model(), "paper-linear")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    map_names = {n for n, p in model.named_parameters() if any(p is q for m in head_maps(model) for q in m.parameters())}
+    chosen = [getattr(m, f"{name}_{part}") for m in head_maps(model) for name in maps for part in ("scale", "bias")]
+    names = {n for n, p in model.named_parameters() if any(p is q for q in chosen)}
     ids = torch.randint(0, 61, (600,), generator=torch.Generator().manual_seed(3))
     cfg = TrainConfig(steps=3, batch_size=4, context=16, warmup=1, eval_every=3, save_every=3, log_every=1, lr=1e-2)
-    finetune(model, ids, None, dataclasses.replace(cfg, trainable="head-maps"), tmp_path / "maps", progress=False)
+    finetune(model, ids, None, dataclasses.replace(cfg, trainable=which), tmp_path / "maps", progress=False)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
-    assert changed and changed <= map_names
+    assert changed == names  # every chosen map moved, nothing else did
     assert all(p.requires_grad for p in model.parameters())  # unfrozen after the run
     with pytest.raises(GaincellError, match="trainable"):
-        finetune(_tiny_model(), ids, None, dataclasses.replace(cfg, trainable="head-maps"), tmp_path / "plain", progress=False)
-    with pytest.raises(GaincellError, match="trainable"):
-        dataclasses.replace(cfg, trainable="embeddings").validate()
+        finetune(_tiny_model(), ids, None, dataclasses.replace(cfg, trainable=which), tmp_path / "plain", progress=False)
+    for bad in ("embeddings", "head-maps:", "head-maps:x", "head-maps:v,v", "head-maps:v out"):
+        with pytest.raises(GaincellError, match=r"trainable = .*q, k, v, out"):
+            dataclasses.replace(cfg, trainable=bad).validate()
 
 
 def test_the_held_out_prose_is_the_evaluation_data_and_not_the_plays():

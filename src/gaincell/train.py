@@ -41,7 +41,7 @@ from gaincell.checkpoint import (
 from gaincell.distributed import Distributed, is_peer_failure, resolve_device
 from gaincell.errors import GaincellError
 from gaincell.files import atomic_write_text, recover_folder
-from gaincell.training_config import TrainConfig
+from gaincell.training_config import TrainConfig, trainable_maps
 
 __all__ = ["TrainConfig", "evaluate_loss", "finetune", "param_groups", "resolve_device", "sample_batch", "training_loss"]
 
@@ -460,16 +460,19 @@ def _recording_targets(model: nn.Module, rate: float | None) -> Any:
 
 @contextlib.contextmanager
 def _trainable(model: nn.Module, which: str) -> Any:
-    """``head-maps``: only the per-head maps train (everything else is frozen for the run and unfrozen after it)."""
-    if which == "all":
+    """``head-maps``: only the per-head maps train; ``head-maps:v,out``: only the named maps.  Everything else is frozen
+    for the run and unfrozen after it."""
+    names = trainable_maps(which)
+    if names is None:
         yield
         return
     from gaincell.attention import head_maps
 
-    maps = {id(p) for m in head_maps(model) for p in m.parameters()}
+    maps = list(head_maps(model))
     if not maps:
-        raise GaincellError("trainable = 'head-maps' needs a model converted to analog hardware (it has no per-head maps)")
-    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in maps]
+        raise GaincellError(f"trainable = {which!r} needs a model converted to analog hardware (it has no per-head maps)")
+    train = {id(getattr(m, f"{name}_{part}")) for m in maps for name in names for part in ("scale", "bias")}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in train]
     for p in frozen:
         p.requires_grad_(False)
     try:

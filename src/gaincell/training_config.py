@@ -20,6 +20,26 @@ __all__ = ["TrainConfig"]
 
 
 _PRECISIONS = ("fp32", "bf16", "fp16")
+#: the per-head maps a ``trainable = "head-maps:..."`` setting can name
+HEAD_MAP_NAMES = ("q", "k", "v", "out")
+
+
+def trainable_maps(value: str) -> tuple[str, ...] | None:
+    """The per-head maps a ``trainable`` setting trains: None for ``"all"`` (every parameter), all four for
+    ``"head-maps"``, the named ones for ``"head-maps:v,out"``.  Anything else raises, naming the setting."""
+    if value == "all":
+        return None
+    if value == "head-maps":
+        return HEAD_MAP_NAMES
+    prefix = "head-maps:"
+    if isinstance(value, str) and value.startswith(prefix):
+        names = tuple(value[len(prefix) :].split(","))
+        if all(n in HEAD_MAP_NAMES for n in names) and len(set(names)) == len(names):
+            return names
+    raise GaincellError(
+        f"invalid training setting trainable = {value!r}: 'all', 'head-maps', or 'head-maps:' followed by a "
+        "comma-separated subset of q, k, v, out (e.g. 'head-maps:v,out')"
+    )
 
 
 def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -72,9 +92,10 @@ class TrainConfig:
     )
     trainable: str = _setting(
         "all",
-        "which parameters train: all of them (the paper), or only the per-head maps (a calibration that cannot "
-        "overfit the weights to the training text)",
-        choices=("all", "head-maps"),
+        "which parameters train: all (the paper); head-maps: only the per-head maps (a calibration that cannot overfit "
+        "the weights to the training text); head-maps:LIST: only the named maps of q, k, v, out (e.g. head-maps:v,out "
+        "calibrates the value voltages and the readout, leaving the query and key maps, which set what each head "
+        "attends to, as the adaptation set them)",
     )
     keep_best: bool = _setting(
         False,
@@ -108,8 +129,8 @@ class TrainConfig:
             "fsdp": not (self.fsdp and self.precision == "fp16"),  # no sharded loss scaler: use bf16 with FSDP
             "patience": self.patience is None or self.patience >= 1,
             "target_ema": self.target_ema is None or 0 < self.target_ema <= 1,
-            "trainable": self.trainable in ("all", "head-maps"),
         }
+        trainable_maps(self.trainable)
         for name, ok in checks.items():
             if not ok:
                 raise GaincellError(f"invalid training setting {name} = {getattr(self, name)!r}")
