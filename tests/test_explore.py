@@ -211,9 +211,19 @@ _RUN = textwrap.dedent(
 )
 
 
+def _interactive_signals() -> None:
+    """In the child: SIGINT back to its default, as in a terminal.  A test runner started in the background (a
+    non-interactive shell's `&`, nohup) passes SIGINT down as ignored, and Python then installs no KeyboardInterrupt
+    handler, so a Ctrl-C test would see nothing happen."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(spec, out, workers=1):
     return subprocess.Popen(
-        [sys.executable, "-c", _RUN, json.dumps(spec), str(out), str(workers)], start_new_session=True, stderr=subprocess.PIPE
+        [sys.executable, "-c", _RUN, json.dumps(spec), str(out), str(workers)],
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        preexec_fn=_interactive_signals,
     )
 
 
