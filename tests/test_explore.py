@@ -204,26 +204,19 @@ def test_constraints_reach_the_sampler(tiny, tmp_path):
 
 _RUN = textwrap.dedent(
     """
-    import json, sys
+    import json, signal, sys
+    # Ctrl-C as in a terminal: a test runner started in the background (a non-interactive shell's `&`, nohup) passes
+    # SIGINT down as ignored, and Python then installs no KeyboardInterrupt handler of its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from gaincell.explore import explore
     explore(json.loads(sys.argv[1]), sys.argv[2], workers=int(sys.argv[3]), progress=False, heartbeat=(1, 3))
     """
 )
 
 
-def _interactive_signals() -> None:
-    """In the child: SIGINT back to its default, as in a terminal.  A test runner started in the background (a
-    non-interactive shell's `&`, nohup) passes SIGINT down as ignored, and Python then installs no KeyboardInterrupt
-    handler, so a Ctrl-C test would see nothing happen."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _run(spec, out, workers=1):
     return subprocess.Popen(
-        [sys.executable, "-c", _RUN, json.dumps(spec), str(out), str(workers)],
-        start_new_session=True,
-        stderr=subprocess.PIPE,
-        preexec_fn=_interactive_signals,
+        [sys.executable, "-c", _RUN, json.dumps(spec), str(out), str(workers)], start_new_session=True, stderr=subprocess.PIPE
     )
 
 
