@@ -339,14 +339,7 @@ class AnalogCacheLayer(CacheLayerMixin):
         else:
             lo, hi = self.written.clamp(max=w).aminmax()  # type: ignore[union-attr]
             n = int(lo) if int(lo) == int(hi) else None
-        quiet_reads = (
-            hw.read_noise_score == 0
-            and hw.read_noise_output == 0
-            and hw.read_snr_db is None
-            and hw.cell_gain_variation == 0
-            and hw.cell_offset_variation == 0
-        )
-        if n is None or not quiet_reads or w % hw.array_size:
+        if n is None or not hw.reads_exactly or w % hw.array_size:
             out = q.new_zeros(q.shape)
             self._read_rows(q, torch.ones(q.shape[0], dtype=torch.bool, device=q.device), out, maps, now)
             return out

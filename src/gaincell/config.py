@@ -318,6 +318,16 @@ class HardwareConfig:
         return math.inf if self.decay_per_token == 0 else self.token_period / self.decay_per_token
 
     @property
+    def reads_noisy(self) -> bool:
+        """A read draws noise: absolute noise on the scores or the outputs, or signal-relative noise (SNR)."""
+        return self.read_noise_score > 0 or self.read_noise_output > 0 or self.read_snr_db is not None
+
+    @property
+    def reads_exactly(self) -> bool:
+        """Reading stored voltages is deterministic and uniform: no read noise and no fixed cell variation."""
+        return not self.reads_noisy and self.cell_gain_variation == 0 and self.cell_offset_variation == 0
+
+    @property
     def n_tiles(self) -> int:
         """Number of gain-cell arrays (tiles) per head and per K or V: ceil(window / array_size)."""
         return -(-self.window // self.array_size)

@@ -84,7 +84,7 @@ def analog_attention(
     n_keys = k.shape[2]
     dtype = compute_dtype(q, k, v)
     cfg = config
-    reads_noisy = cfg.read_noise_score > 0 or cfg.read_noise_output > 0 or cfg.read_snr_db is not None
+    reads_noisy = cfg.reads_noisy
     noisy = cfg.write_noise > 0 or reads_noisy
     if noisy and generator is None:
         generator = make_generator(cfg, layer, q.device)
@@ -96,7 +96,7 @@ def analog_attention(
         k = write_voltages(k.to(dtype), cfg, generator)
         v = write_voltages(v.to(dtype), cfg, generator)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    quiet = not noisy and cfg.cell_gain_variation == 0 and cfg.cell_offset_variation == 0
+    quiet = cfg.write_noise == 0 and cfg.reads_exactly
     if voltages and n_queries == 1 and quiet and not needs_grad:  # one decoding step of the analog KV cache
         with torch.autocast(q.device.type, enabled=False):
             return one_query_from_voltages(q.to(dtype), k, v, cfg, key_start).to(q.dtype)
