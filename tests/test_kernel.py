@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gaincell import HardwareConfig, analog_attention, attention_map, softmax_attention
+from gaincell.kernel import plan as kernel_plan
 from gaincell.kernel import quantize, score_pairs, variation_maps
 from gaincell.reference import reference_attention
 
@@ -86,6 +87,36 @@ def test_gradients_match_reference(preset, changes):
     out = analog_attention(q, k, v, cfg, key_start=2)[:, :, 20:]
     grads = torch.autograd.grad((out * g).sum(), (q, k, v))
     ref = reference_attention(q, k, v, cfg, key_start=2)[:, :, 20:]
+    ref_grads = torch.autograd.grad((ref * g).sum(), (q, k, v))
+    for name, a, r in zip("qkv", grads, ref_grads, strict=True):
+        assert r.abs().max() > 0, name
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-11, msg=f"d{name}")
+
+
+@pytest.mark.parametrize(
+    ("changes", "segments"),
+    [
+        ({"window": 64, "array_size": 16, "decay_per_token": 0.01}, [4, 3]),  # W < T: two segments of 4 and 3 blocks
+        ({"window": 100, "array_size": 64, "decay_per_token": 0.01}, [6, 1]),  # padded window (100 in 2 tiles of 64)
+        ({"window": 128, "array_size": 32, "decay_per_token": 0.3}, [2, 2, 2, 1]),  # the exponent limit cuts them
+        ({"window": 128, "array_size": 32, "decay_per_token": 0.0}, [7]),  # no leakage: one segment
+        ({"window": 64, "array_size": 16, "cell_gradient": "exact", "out_quantizer": "exact"}, [4, 3]),
+    ],
+)
+def test_segments_of_several_query_blocks_match_the_reference(monkeypatch, changes, segments):
+    """Query blocks grouped into a segment share one decay reference and one set of key/value features."""
+    monkeypatch.setattr(kernel_plan, "DEFAULT_QUERY_BLOCK", 16)  # small blocks: several per segment at small sizes
+    cfg = HardwareConfig.preset("paper").replace(**SAT, **changes)
+    plan = kernel_plan.make_plan(cfg, 100, 103, 4, key_start=3, decay=cfg.decay_per_token, backward=True)
+    assert [len(group) for group in kernel_plan.segment_blocks(plan)] == segments
+    q, k, v = _inputs(1, 2, 100, 103, 4, seed=11, grad=True)
+    stats: dict[str, int] = {}
+    out = analog_attention(q, k, v, cfg, key_start=3)
+    ref = reference_attention(q, k, v, cfg, key_start=3, stats=stats)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    assert all(stats.get(key, 0) > 0 for key in ("phi_zero", "phi_one", "phi_linear", "out_clamped")), stats
+    g = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    grads = torch.autograd.grad((out * g).sum(), (q, k, v))
     ref_grads = torch.autograd.grad((ref * g).sum(), (q, k, v))
     for name, a, r in zip("qkv", grads, ref_grads, strict=True):
         assert r.abs().max() > 0, name
@@ -298,7 +329,7 @@ def test_signal_relative_read_noise_scales_with_the_read_signal():
     plan = make_plan(cfg, 40, 40, 4, decay=cfg.decay_per_token, backward=False)
     block = block_geometry(plan, 16, 32, {1}, torch.zeros(1, dtype=torch.float64))
     scores = torch.rand(1, block.n_key_slots, block.n_queries, dtype=torch.float64) + 0.5
-    mask = torch.ones_like(scores[0]) if block.window_mask is None else block.window_mask
+    mask = block.window_mask()  # the rows declared unmasked as ones
     expected = ((scores.square() * mask).sum(-2) / mask.sum(-2)).sqrt()
     torch.testing.assert_close(_window_rms(block, scores)[:, 0], expected)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -10,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gaincell import HardwareConfig
-from gaincell.kernel.plan import BLOCK_BUDGET, MAX_EXPONENT, chunk_sizes, geometries, head_chunks, make_plan, query_blocks
+from gaincell.kernel.plan import (
+    BLOCK_BUDGET,
+    MAX_EXPONENT,
+    chunk_sizes,
+    geometries,
+    head_chunks,
+    make_plan,
+    query_blocks,
+    segments,
+)
 
 LIKE = torch.empty(0, dtype=torch.float64)
 
@@ -77,13 +87,8 @@ def test_each_block_reads_every_key_of_its_windows_once_and_masks_the_rest(windo
         query = torch.arange(first_query, last_query + 1)[None, :]
         key = block.key_index[:, None]
         inside = block.holds_key[:, None] & (key <= query) & (key > query - window)
-        mask = torch.ones(inside.shape, dtype=torch.bool)
-        if block.window_mask is not None:
-            begin, end = block.unmasked_rows
-            rows = torch.ones(block.n_key_slots, dtype=torch.bool)
-            rows[begin:end] = False
-            mask[rows] = block.window_mask.bool()[rows]
-        assert torch.equal(mask, inside)
+        assert torch.equal(block.window_mask().bool(), inside)
+        assert torch.equal(block.window_count[0], inside.sum(0).to(block.window_count.dtype))
 
 
 @pytest.mark.parametrize(
@@ -137,3 +142,36 @@ def test_working_set_grows_with_the_window_not_the_sequence():
     forward_only = make_plan(cfg, 1024, 1024, 64, decay=cfg.decay_per_token, backward=False)
     assert forward_only.bytes_per_head < short.bytes_per_head
     assert _plan(100, 64, 10, 10).padded_window == 128  # two tiles of 64 slots hold a window of 100
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    window=st.integers(1, 300),
+    array_size=st.sampled_from([4, 16, 64]),
+    n_keys=st.integers(1, 700),
+    query_fraction=st.floats(0.0, 1.0),
+    key_start=st.integers(0, 500),
+    decay=st.sampled_from([0.0, 0.001, 0.05, 0.5]),
+)
+def test_segments_hold_every_block_slot_and_share_one_decay_reference(
+    window, array_size, n_keys, query_fraction, key_start, decay
+):
+    n_queries = max(1, round(query_fraction * n_keys))
+    plan = _plan(window, array_size, n_queries, n_keys, key_start, decay=decay)
+    blocks = [block for segment in segments(plan, LIKE) for block in segment.blocks]
+    assert [(b.query_begin, b.query_end) for b in blocks] == query_blocks(plan)
+    for segment in segments(plan, LIKE):
+        assert segment.keys is not None  # no cell variation: the blocks read the segment's features
+        assert segment.query_end - segment.query_begin <= plan.segment_queries
+        for block in segment.blocks:
+            rows = slice(
+                block.first_slot - segment.keys.first_slot, block.first_slot - segment.keys.first_slot + block.n_key_slots
+            )
+            assert rows.start >= 0 and rows.stop <= segment.keys.n_key_slots
+            assert torch.equal(segment.keys.holds_key[rows], block.holds_key)
+            assert torch.equal(segment.keys.key_index[rows][block.holds_key], block.key_index[block.holds_key])
+            queries = slice(block.query_begin - segment.query_begin, block.query_end - segment.query_begin)
+            for n in block.key_decay:  # the same reference: the segment's factors restricted to the block
+                torch.testing.assert_close(segment.keys.key_decay[n][rows], block.key_decay[n], rtol=1e-12, atol=0)
+                torch.testing.assert_close(segment.query_decay[n][queries], block.query_decay[n], rtol=1e-12, atol=0)
+                assert float(segment.query_decay[n].max()) <= math.exp(MAX_EXPONENT) * (1 + 1e-9)

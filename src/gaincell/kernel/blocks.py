@@ -35,7 +35,7 @@ from gaincell.kernel.features import (
     query_scales,
     reduce_grad_to_voltages,
 )
-from gaincell.kernel.plan import BlockGeometry, HeadChunk, KernelPlan, geometries, head_chunks
+from gaincell.kernel.plan import BlockGeometry, HeadChunk, KernelPlan, KeySlots, Segment, head_chunks, segments
 
 
 # ---------------------------------------------------------------------------------------------------- workspace
@@ -43,7 +43,7 @@ class Buffer(enum.Enum):
     """The workspace's scratch buffers, one per intermediate of a block step (a slot is reused by every block)."""
 
     # forward
-    QUERY_PULSES = enum.auto()  # (c, bq, D) quantised queries
+    QUERY_PULSES = enum.auto()  # (c, bq, D) quantised queries (a segment's: (c, Qs, D))
     QUERY_FEATURES = enum.auto()  # (c, bq, F)
     DECAYED_KEYS = enum.auto()  # (c, L, D) z of the keys, when it cannot live in the key features
     KEY_FEATURES = enum.auto()  # (c, L, F)
@@ -51,6 +51,10 @@ class Buffer(enum.Enum):
     PULSES_T = enum.auto()  # (c, L, bq) phi^T, when the scores must be kept
     DECAYED_VALUES = enum.auto()  # (c, L, D)
     VALUE_FEATURES = enum.auto()  # (c, L, F)
+    SEGMENT_DECAYED_KEYS = enum.auto()  # (c, Ls, D) over a segment's key slots Ls, shared by its blocks
+    SEGMENT_KEY_FEATURES = enum.auto()  # (c, Ls, F)
+    SEGMENT_DECAYED_VALUES = enum.auto()  # (c, Ls, D)
+    SEGMENT_VALUE_FEATURES = enum.auto()  # (c, Ls, F)
     TERM_SUMS_T = enum.auto()  # (c, n_key_blocks, F, bq) M^T per term
     TILE_SUMS = enum.auto()  # (c, n_key_blocks, D, bq) A
     FOLDED_TILE_SUMS = enum.auto()  # (c, n_readouts, D, bq) A with blocks of one tile summed
@@ -135,6 +139,54 @@ class KernelInputs:
 
 
 @dataclass(slots=True)
+class SharedFeatures:
+    """Decayed voltages and features of a segment's key slots (one head chunk), which its blocks read as views."""
+
+    keys: KeySlots
+    decayed_keys: Tensor  # (c, Ls, D)
+    key_features: Tensor  # (c, Ls, F)
+    decayed_values: Tensor  # (c, Ls, D)
+    value_features: Tensor  # (c, Ls, F)
+    query_begin: int
+    query_pulses: Tensor  # (c, Qs, D) the segment's queries
+    query_features: Tensor  # (c, Qs, F)
+    scales: list[Tensor]  # per forward term, (Qs,)
+
+    def rows(self, block: BlockGeometry) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(z_k, key features, z_v, value features) of the block's key slots: views, no copy."""
+        begin = block.first_slot - self.keys.first_slot
+        rows = slice(begin, begin + block.n_key_slots)
+        return self.decayed_keys[:, rows], self.key_features[:, rows], self.decayed_values[:, rows], self.value_features[:, rows]
+
+    def queries(self, block: BlockGeometry) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(query pulses, query features, per-term scales) of the block's queries: views, no copy."""
+        rows = slice(block.query_begin - self.query_begin, block.query_end - self.query_begin)
+        return self.query_pulses[:, rows], self.query_features[:, rows], [s[rows] for s in self.scales]
+
+
+def shared_features(inputs: KernelInputs, chunk: HeadChunk, segment: Segment) -> SharedFeatures:
+    """The forward features of a segment's queries, keys and values for one head chunk (no cell variation)."""
+    plan, d = inputs.plan, inputs.head_dim
+    keys = segment.keys
+    assert keys is not None
+    terms = plan.forward_terms
+    f = plan.feature_width(terms, d)
+    c, n_slots, n_queries = chunk.size, keys.n_key_slots, segment.query_end - segment.query_begin
+    scales = query_scales(terms, segment.query_decay)
+    q = query_pulses(
+        plan, inputs.q, chunk, segment.query_begin, segment.query_end, inputs.buffer(Buffer.QUERY_PULSES, c, n_queries, d)
+    )
+    qf = query_features(plan, terms, scales, q, inputs.buffer(Buffer.QUERY_FEATURES, c, n_queries, f), plan.inv_score_saturation)
+    kf = inputs.buffer(Buffer.SEGMENT_KEY_FEATURES, c, n_slots, f)
+    zk = decayed_voltages(plan, inputs.k, chunk, keys, _z_buffer(inputs, Buffer.SEGMENT_DECAYED_KEYS, kf, None))
+    key_features(plan, terms, zk, keys, kf, None, None)
+    vf = inputs.buffer(Buffer.SEGMENT_VALUE_FEATURES, c, n_slots, f)
+    zv = decayed_voltages(plan, inputs.v, chunk, keys, _z_buffer(inputs, Buffer.SEGMENT_DECAYED_VALUES, vf, None))
+    key_features(plan, terms, zv, keys, vf, None, None)
+    return SharedFeatures(keys, zk, kf, zv, vf, segment.query_begin, q, qf, scales)
+
+
+@dataclass(slots=True)
 class ForwardState:
     """The intermediates of one block's forward (views into the workspace), as the backward needs them."""
 
@@ -162,25 +214,15 @@ def _z_buffer(inputs: KernelInputs, slot: Buffer, features: Tensor, gain: Tensor
 
 def _apply_window_mask(block: BlockGeometry, t: Tensor) -> None:
     """Zero the (key, query) pairs outside the window (t: (c, L, bq))."""
-    if block.window_mask is None:
-        return
-    begin, end = block.unmasked_rows
-    if begin >= t.shape[-2]:
-        t.mul_(block.window_mask)
-        return
-    if begin > 0:
-        t[..., :begin, :].mul_(block.window_mask[:begin])
-    if end < t.shape[-2]:
-        t[..., end:, :].mul_(block.window_mask[end:])
+    for begin, end, mask in block.masked_rows:
+        t[..., begin:end, :].mul_(mask)
 
 
 def _window_rms(block: BlockGeometry, scores_t: Tensor) -> Tensor:
     """Root mean square of each query's scores over the keys of its window (scores_t: (c, L, bq) -> (c, 1, bq))."""
     squares = scores_t.square()
-    if block.window_mask is None:
-        return squares.mean(-2, keepdim=True).sqrt_()
-    count = block.window_mask.sum(-2, keepdim=True).clamp_min_(1.0)
-    return (squares * block.window_mask).sum(-2, keepdim=True).div_(count).sqrt_()
+    _apply_window_mask(block, squares)
+    return squares.sum(-2, keepdim=True).div_(block.window_count.clamp_min(1.0)).sqrt_()
 
 
 def _add_read_noise(
@@ -199,22 +241,55 @@ def _add_read_noise(
     x.addcmul_(noise, std)
 
 
+def _key_blocks(x: Tensor, n_blocks: int, array_size: int) -> Tensor:
+    """(c, L, F) -> (c, n_blocks, array_size, F), a view (also of a segment's rows)."""
+    c, _, f = x.shape
+    return (
+        x.unflatten(1, (n_blocks, array_size))
+        if x.is_contiguous()
+        else x.as_strided(
+            (c, n_blocks, array_size, f), (x.stride(0), array_size * x.stride(1), x.stride(1), x.stride(2)), x.storage_offset()
+        )
+    )
+
+
+def _per_key_block_matmul(x: Tensor, y: Tensor, out: Tensor) -> Tensor:
+    """out = x @ y over the batch dimensions (c, n_blocks).  When x is a view into a segment's rows its two batch
+    strides cannot merge into one, and ``torch.matmul`` would copy it: then one product per chunk row instead."""
+    if x.stride(0) == x.shape[1] * x.stride(1) or x.shape[0] == 1:
+        return torch.matmul(x, y, out=out)
+    for i in range(x.shape[0]):
+        torch.matmul(x[i], y[i], out=out[i])
+    return out
+
+
 def forward_block(
-    inputs: KernelInputs, chunk: HeadChunk, block: BlockGeometry, noise_gen: torch.Generator | None, *, keep: bool
+    inputs: KernelInputs,
+    chunk: HeadChunk,
+    block: BlockGeometry,
+    noise_gen: torch.Generator | None,
+    *,
+    keep: bool,
+    shared: SharedFeatures | None = None,
 ) -> ForwardState:
-    """Both arrays for one (head chunk, query block).  ``keep``: leave the scores and tile sums intact for the backward."""
+    """Both arrays for one (head chunk, query block).  ``keep``: leave the scores and tile sums intact for the backward;
+    ``shared``: the segment's key and value features (else the block computes its own)."""
     plan, d = inputs.plan, inputs.head_dim
     c, bq, n_slots, n_blocks, a = chunk.size, block.n_queries, block.n_key_slots, block.n_key_blocks, plan.array_size
     buf = inputs.buffer
     terms = plan.forward_terms
     f = plan.feature_width(terms, d)
     key_gain, key_constant, value_gain, value_constant = inputs.chunk_variation(chunk, block)
-    scales = query_scales(terms, block)
-    q = query_pulses(plan, inputs.q, chunk, block, buf(Buffer.QUERY_PULSES, c, bq, d))
-    qf = query_features(plan, terms, scales, q, buf(Buffer.QUERY_FEATURES, c, bq, f), plan.inv_score_saturation)
-    kf = buf(Buffer.KEY_FEATURES, c, n_slots, f)
-    zk = decayed_voltages(plan, inputs.k, chunk, block, _z_buffer(inputs, Buffer.DECAYED_KEYS, kf, key_gain))
-    key_features(plan, terms, zk, block, kf, key_gain, key_constant)
+    if shared is not None:
+        q, qf, scales = shared.queries(block)
+        zk, kf, zv, vf = shared.rows(block)
+    else:
+        scales = query_scales(terms, block.query_decay)
+        q = query_pulses(plan, inputs.q, chunk, block.query_begin, block.query_end, buf(Buffer.QUERY_PULSES, c, bq, d))
+        qf = query_features(plan, terms, scales, q, buf(Buffer.QUERY_FEATURES, c, bq, f), plan.inv_score_saturation)
+        kf = buf(Buffer.KEY_FEATURES, c, n_slots, f)
+        zk = decayed_voltages(plan, inputs.k, chunk, block, _z_buffer(inputs, Buffer.DECAYED_KEYS, kf, key_gain))
+        key_features(plan, terms, zk, block, kf, key_gain, key_constant)
     # first array: S^T / S_sat = Kf Qf^T  (c, L, bq), then read noise, HardSigmoid, window
     scores_t = torch.matmul(kf, qf.transpose(-1, -2), out=buf(Buffer.SCORES_T, c, n_slots, bq))
     if plan.read_noise_score > 0 or plan.read_noise_relative is not None:
@@ -228,13 +303,14 @@ def forward_block(
     pulses_t = torch.clamp(scores_t, 0.0, 1.0, out=buf(Buffer.PULSES_T, c, n_slots, bq)) if keep else scores_t.clamp_(0.0, 1.0)
     _apply_window_mask(block, pulses_t)
     # second array, per array-sized block of keys: M^T_b = Vf_b^T phi^T_b  (c, n_blocks, F, bq)
-    vf = buf(Buffer.VALUE_FEATURES, c, n_slots, f)
-    zv = decayed_voltages(plan, inputs.v, chunk, block, _z_buffer(inputs, Buffer.DECAYED_VALUES, vf, value_gain))
-    key_features(plan, terms, zv, block, vf, value_gain, value_constant)
-    term_sums_t = torch.matmul(
-        vf.view(c, n_blocks, a, f).transpose(-1, -2),
+    if shared is None:
+        vf = buf(Buffer.VALUE_FEATURES, c, n_slots, f)
+        zv = decayed_voltages(plan, inputs.v, chunk, block, _z_buffer(inputs, Buffer.DECAYED_VALUES, vf, value_gain))
+        key_features(plan, terms, zv, block, vf, value_gain, value_constant)
+    term_sums_t = _per_key_block_matmul(
+        _key_blocks(vf, n_blocks, a).transpose(-1, -2),
         pulses_t.view(c, n_blocks, a, bq),
-        out=buf(Buffer.TERM_SUMS_T, c, n_blocks, f, bq),
+        buf(Buffer.TERM_SUMS_T, c, n_blocks, f, bq),
     )
     tile_sums = combine_terms(plan, terms, scales, term_sums_t, d, -2, buf(Buffer.TILE_SUMS, c, n_blocks, d, bq))
     if block.tile_of_key_block is not None:  # blocks W apart share a physical tile: sum them before the readout
@@ -275,16 +351,21 @@ def forward_block(
 
 
 def backward_block(
-    inputs: KernelInputs, chunk: HeadChunk, block: BlockGeometry, grad_t: Tensor, noise_gen: torch.Generator | None
+    inputs: KernelInputs,
+    chunk: HeadChunk,
+    block: BlockGeometry,
+    grad_t: Tensor,
+    noise_gen: torch.Generator | None,
+    shared: SharedFeatures | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq (c, bq, D), dyk (c, L, D), dyv (c, L, D)) of one block, recomputing its forward.
 
-    ``grad_t``: the gradient on the block's output, (c, D, bq).
+    ``grad_t``: the gradient on the block's output, (c, D, bq); ``shared``: as for :func:`forward_block`.
     """
     plan, d = inputs.plan, inputs.head_dim
     c, bq, n_slots, n_blocks, a = chunk.size, block.n_queries, block.n_key_slots, block.n_key_blocks, plan.array_size
     buf = inputs.buffer
-    s = forward_block(inputs, chunk, block, noise_gen, keep=True)
+    s = forward_block(inputs, chunk, block, noise_gen, keep=True, shared=shared)
     # readout: straight-through quantiser, clamp gradient of each tile's saturation
     tile_sums = s.tile_sums
     grad_tiles = buf(Buffer.GRAD_TILE_SUMS, *tile_sums.shape)
@@ -297,7 +378,7 @@ def backward_block(
     )  # (c, n_blocks, D, bq)
     terms = plan.backward_terms
     fb = plan.feature_width(terms, d)
-    scales = query_scales(terms, block)
+    scales = query_scales(terms, block.query_decay)
     if terms is plan.forward_terms:
         kfb, vfb = s.key_features, s.value_features
     else:
@@ -309,8 +390,8 @@ def backward_block(
         )
     grad_terms = extend_grad_to_terms(plan, terms, scales, grad_blocks, buf(Buffer.GRAD_TERM_SUMS, c, n_blocks, fb, bq))
     # second array: M^T_b = Vf_b^T phi^T_b  ->  dphi^T_b = Vf_b dM^T_b,  dVf_b = phi^T_b dM^T_b^T
-    grad_pulses_t = torch.matmul(
-        vfb.view(c, n_blocks, a, fb), grad_terms, out=buf(Buffer.GRAD_PULSES_T, c, n_blocks, a, bq)
+    grad_pulses_t = _per_key_block_matmul(
+        _key_blocks(vfb, n_blocks, a), grad_terms, buf(Buffer.GRAD_PULSES_T, c, n_blocks, a, bq)
     ).view(c, n_slots, bq)
     grad_vf = torch.matmul(
         s.pulses_t.view(c, n_blocks, a, bq),
@@ -366,12 +447,14 @@ class AnalogAttentionFunction(torch.autograd.Function):
         inputs = KernelInputs(plan, q, k, v, variation, dtype)
         n_batch, n_heads, n_queries, d = q.shape
         out = torch.empty(n_batch, n_heads, n_queries, d, dtype=dtype, device=q.device)
-        for block in geometries(plan, inputs.like):
+        for segment in segments(plan, inputs.like):
             for chunk in head_chunks(plan, n_batch, n_heads):
-                res = forward_block(inputs, chunk, block, noise_gen, keep=False).output  # (c, D, bq)
-                chunk.of(out)[:, :, block.query_begin : block.query_end] = res.view(
-                    chunk.n_batch, chunk.n_heads, d, -1
-                ).transpose(-1, -2)
+                shared = None if segment.keys is None else shared_features(inputs, chunk, segment)
+                for block in segment.blocks:
+                    res = forward_block(inputs, chunk, block, noise_gen, keep=False, shared=shared).output  # (c, D, bq)
+                    chunk.of(out)[:, :, block.query_begin : block.query_end] = res.view(
+                        chunk.n_batch, chunk.n_heads, d, -1
+                    ).transpose(-1, -2)
         ctx.save_for_backward(q, k, v)
         ctx.extras = (plan, variation, dtype, noise_state)  # type: ignore[attr-defined]
         return out
@@ -389,17 +472,19 @@ class AnalogAttentionFunction(torch.autograd.Function):
         dq = torch.zeros(q.shape, dtype=dtype, device=q.device)
         dk = torch.zeros(k.shape, dtype=dtype, device=q.device)
         dv = torch.zeros(v.shape, dtype=dtype, device=q.device)
-        for block in geometries(plan, inputs.like):
-            queries = slice(block.query_begin, block.query_end)
+        for segment in segments(plan, inputs.like):
             for chunk in head_chunks(plan, n_batch, n_heads):
-                grad_t = inputs.buffer(Buffer.GRAD_OUTPUT, chunk.size, d, block.n_queries)
-                grad_t.view(chunk.n_batch, chunk.n_heads, d, block.n_queries).copy_(
-                    chunk.of(grad)[:, :, queries].transpose(-1, -2)
-                )
-                block_dq, block_dk, block_dv = backward_block(inputs, chunk, block, grad_t, noise_gen)
-                chunk.of(dq)[:, :, queries] = block_dq.view(chunk.n_batch, chunk.n_heads, block.n_queries, d)
-                _scatter_keys(dk, chunk, block, block_dk)
-                _scatter_keys(dv, chunk, block, block_dv)
+                shared = None if segment.keys is None else shared_features(inputs, chunk, segment)
+                for block in segment.blocks:
+                    queries = slice(block.query_begin, block.query_end)
+                    grad_t = inputs.buffer(Buffer.GRAD_OUTPUT, chunk.size, d, block.n_queries)
+                    grad_t.view(chunk.n_batch, chunk.n_heads, d, block.n_queries).copy_(
+                        chunk.of(grad)[:, :, queries].transpose(-1, -2)
+                    )
+                    block_dq, block_dk, block_dv = backward_block(inputs, chunk, block, grad_t, noise_gen, shared)
+                    chunk.of(dq)[:, :, queries] = block_dq.view(chunk.n_batch, chunk.n_heads, block.n_queries, d)
+                    _scatter_keys(dk, chunk, block, block_dk)
+                    _scatter_keys(dv, chunk, block, block_dv)
         # straight-through quantisers: the gradient passes where the input was inside the DAC range
         dq.mul_((q >= 0.0) & (q <= 1.0))
         if plan.kv_in_dac_domain:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gaincell.kernel.plan import BlockGeometry, FeatureTerm, HeadChunk, KernelPlan
+from gaincell.kernel.plan import FeatureTerm, HeadChunk, KernelPlan, KeySlots
 
 
 def horner(z: Tensor, polynomial: tuple[float, ...], out: Tensor) -> Tensor:
@@ -41,33 +41,33 @@ def quantize_in_place(x: Tensor, step: float) -> Tensor:
     return x.div_(step).round_().mul_(step)
 
 
-def decayed_voltages(plan: KernelPlan, src: Tensor, chunk: HeadChunk, block: BlockGeometry, out: Tensor) -> Tensor:
-    """z = exp(-lambda (r - j)) * y for the block's key slots (zero on empty slots), written into ``out`` (c, L, D).
+def decayed_voltages(plan: KernelPlan, src: Tensor, chunk: HeadChunk, slots: KeySlots, out: Tensor) -> Tensor:
+    """z = exp(-lambda (r - j)) * y for the key slots (zero on empty slots), written into ``out`` (c, L, D).
 
     ``src`` is the (B, H, Tk, D) key or value tensor; in the DAC domain it is clamped, quantised and offset here.
     """
-    out4 = out.view(chunk.n_batch, chunk.n_heads, block.n_key_slots, out.shape[-1])
+    out4 = out.view(chunk.n_batch, chunk.n_heads, slots.n_key_slots, out.shape[-1])
     src = chunk.of(src)
-    if block.contiguous is not None:
-        row_begin, row_end, first_key = block.contiguous
+    if slots.contiguous is not None:
+        row_begin, row_end, first_key = slots.contiguous
         out4[:, :, row_begin:row_end].copy_(src[:, :, first_key : first_key + row_end - row_begin])
         if row_begin > 0:
             out4[:, :, :row_begin].zero_()
-        if row_end < block.n_key_slots:
+        if row_end < slots.n_key_slots:
             out4[:, :, row_end:].zero_()
     else:
-        out4.copy_(src.index_select(2, block.key_index))
+        out4.copy_(src.index_select(2, slots.key_index))
     if plan.kv_in_dac_domain:
         out.clamp_(0.0, plan.kv_max)
         if plan.kv_levels is not None:
             quantize_in_place(out, plan.kv_max / (plan.kv_levels - 1))
         out.sub_(plan.kv_offset)
-    return out.mul_(block.key_decay[1][:, None])
+    return out.mul_(slots.key_decay[1][:, None])
 
 
-def query_pulses(plan: KernelPlan, q: Tensor, chunk: HeadChunk, block: BlockGeometry, out: Tensor) -> Tensor:
-    """Queries of the block as pulse widths: clamp [0, 1], quantise; (c, bq, D)."""
-    out.view(chunk.n_batch, chunk.n_heads, *out.shape[1:]).copy_(chunk.of(q)[:, :, block.query_begin : block.query_end])
+def query_pulses(plan: KernelPlan, q: Tensor, chunk: HeadChunk, begin: int, end: int, out: Tensor) -> Tensor:
+    """Queries [begin, end) as pulse widths: clamp [0, 1], quantise; (c, end - begin, D)."""
+    out.view(chunk.n_batch, chunk.n_heads, *out.shape[1:]).copy_(chunk.of(q)[:, :, begin:end])
     out.clamp_(0.0, 1.0)
     if plan.q_levels is not None:
         quantize_in_place(out, 1.0 / (plan.q_levels - 1))
@@ -78,7 +78,7 @@ def key_features(
     plan: KernelPlan,
     terms: tuple[FeatureTerm, ...],
     z: Tensor,
-    block: BlockGeometry,
+    slots: KeySlots,
     out: Tensor,
     gain: Tensor | None,
     constant_map: Tensor | None,
@@ -90,7 +90,7 @@ def key_features(
     With ``derivative``: d/dy of each feature, i.e. n z^(n-1) exp(-lambda (r - j)) for z^n.
     """
     d = z.shape[-1]
-    holds_key = block.holds_key_f[:, None]
+    holds_key = slots.holds_key_f[:, None]
     col = 0
     powers: dict[int, Tensor] = {1: z}
     for term in terms:
@@ -102,9 +102,9 @@ def key_features(
             n = term.power
             if derivative:
                 if n == 1:
-                    dst.copy_(block.key_decay[1][:, None].expand_as(dst))
+                    dst.copy_(slots.key_decay[1][:, None].expand_as(dst))
                 else:
-                    torch.mul(_power(powers, z, n - 1), block.key_decay[1][:, None], out=dst).mul_(float(n))
+                    torch.mul(_power(powers, z, n - 1), slots.key_decay[1][:, None], out=dst).mul_(float(n))
             else:
                 if n == 1:
                     if dst.data_ptr() != z.data_ptr():  # z may already have been written in place
@@ -139,9 +139,9 @@ def _power(powers: dict[int, Tensor], z: Tensor, n: int) -> Tensor:
     return powers[n]
 
 
-def query_scales(terms: tuple[FeatureTerm, ...], block: BlockGeometry) -> list[Tensor]:
-    """Per-term query factor w_t * exp(n_t lambda (r - i)), shape (bq,)."""
-    return [block.query_decay[t.power] * t.weight for t in terms]
+def query_scales(terms: tuple[FeatureTerm, ...], query_decay: dict[int, Tensor]) -> list[Tensor]:
+    """Per-term query factor w_t * exp(n_t lambda (r - i)), shape (queries,), from ``query_decay`` (n -> (queries,))."""
+    return [query_decay[t.power] * t.weight for t in terms]
 
 
 def query_features(

@@ -90,6 +90,7 @@ class KernelPlan:
     kv_offset: float
     kv_in_dac_domain: bool  # k, v arrive in the DAC domain (quantised per block) rather than as written voltages
     query_block: int  # queries per block
+    segment_queries: int  # queries per segment (a multiple of query_block): blocks that share key features
     batch_chunk: int  # batch entries per chunk
     head_chunk: int  # heads per chunk
     bytes_per_head: int  # working set of one head in one block step
@@ -128,14 +129,29 @@ def working_set_elements(
     backward_width: int,
     *,
     backward: bool,
+    feature_rows: int | None = None,
+    query_rows: int | None = None,
 ) -> int:
-    """Elements of workspace one head uses in one block step (the buffers of ``blocks.py``, counted generously)."""
+    """Elements of workspace one head uses in one block step (the buffers of ``blocks.py``, counted generously).
+
+    ``feature_rows`` / ``query_rows``: key slots / queries whose features are held at once (a segment's, when its
+    blocks share them; default: the block's own).
+    """
     keys, bq, d = n_key_slots, query_block, head_dim
     f, fb = forward_width, backward_width
-    elements = 2 * keys * d + 2 * keys * f + keys * bq + n_key_blocks * bq * (f + 2 * d) + bq * (f + 2 * d)
+    rows = keys if feature_rows is None else feature_rows
+    queries = bq if query_rows is None else query_rows
+    elements = 2 * rows * (d + f) + keys * bq + n_key_blocks * bq * (f + 2 * d) + queries * (f + d) + bq * d
     if backward:
         elements += 2 * keys * bq + n_key_blocks * bq * (fb + d) + 6 * keys * fb + 2 * bq * fb
     return elements
+
+
+def _key_slot_bound(n_keys: int, window: int, padded_window: int, array_size: int, n_queries: int) -> int:
+    """The most key slots a run of ``n_queries`` consecutive queries reads: its keys' span, stretched by the padding,
+    plus an array-sized block each side."""
+    span = min(n_keys, window + n_queries - 1)
+    return (-(-span * padded_window // window // array_size) + 2) * array_size
 
 
 def make_plan(
@@ -162,20 +178,33 @@ def make_plan(
         backward_terms = forward_terms
     max_power = max([t.power for t in forward_terms + backward_terms] + [1])
     query_block = min(DEFAULT_QUERY_BLOCK, n_queries)
-    if decay > 0:  # keep exp(n * lambda * (r - i)) <= e^30 on the query side of the factorisation
-        query_block = max(1, min(query_block, int(MAX_EXPONENT / (max_power * decay)) + 1))
+    # one decay reference per segment of query blocks: keep exp(n * lambda * (r - i)) <= e^30 on the query side
+    segment_queries = config.window  # a window's worth of queries: the keys they read stay O(window)
+    if decay > 0:
+        exponent_limit = int(MAX_EXPONENT / (max_power * decay)) + 1
+        query_block = max(1, min(query_block, exponent_limit))
+        segment_queries = min(segment_queries, exponent_limit)
+    segment_queries = max(query_block, segment_queries // query_block * query_block)
+    segment_queries = min(segment_queries, -(-n_queries // query_block) * query_block)
     array_size = config.array_size
     n_tiles = -(-config.window // array_size)
     padded_window = n_tiles * array_size
-    # the most key slots one query block can touch: its keys' span, stretched by the padding, plus a block each side
-    span = min(n_keys, config.window + query_block - 1)
-    n_key_blocks = -(-span * padded_window // config.window // array_size) + 2
+    block_slots = _key_slot_bound(n_keys, config.window, padded_window, array_size, query_block)
+    segment_slots = _key_slot_bound(n_keys, config.window, padded_window, array_size, segment_queries)
     forward_width = sum(t.width(head_dim) for t in forward_terms) + (head_dim if variation else 0)
     backward_width = sum(t.width(head_dim) for t in backward_terms) + (
         head_dim if variation and backward_terms is forward_terms else 0
     )
     elements = working_set_elements(
-        n_key_blocks * array_size, n_key_blocks, query_block, head_dim, forward_width, backward_width, backward=backward
+        block_slots,
+        block_slots // array_size,
+        query_block,
+        head_dim,
+        forward_width,
+        backward_width,
+        backward=backward,
+        feature_rows=None if variation else segment_slots,
+        query_rows=None if variation else segment_queries,
     )
     bytes_per_head = elements * element_bytes
     batch_chunk, head_chunk = chunk_sizes(batch, heads, bytes_per_head)
@@ -200,6 +229,7 @@ def make_plan(
         kv_offset=config.kv_offset,
         kv_in_dac_domain=kv_in_dac_domain,
         query_block=query_block,
+        segment_queries=segment_queries,
         batch_chunk=batch_chunk,
         head_chunk=head_chunk,
         bytes_per_head=bytes_per_head,
@@ -265,14 +295,14 @@ def head_chunks(plan: KernelPlan, batch: int, heads: int) -> list[HeadChunk]:
 
 
 @dataclass
-class BlockGeometry:
-    """Geometry of one query block: its queries, the padded-ring key slots it reads, and the window mask.
+class KeySlots:
+    """A contiguous run of padded-ring key slots, [first_slot, first_slot + n_key_slots), and its decay factors.
 
-    L = n_key_slots (a multiple of array_size), bq = the block's number of queries.
+    n_key_slots is a multiple of array_size; slot p holds key position (p // padded_window) * window + p % padded_window
+    when that key exists (slots W..padded_window-1 of each ring copy stay empty).
     """
 
-    query_begin: int
-    query_end: int
+    first_slot: int  # padded coordinate of row 0
     n_key_slots: int  # L
     n_key_blocks: int  # L / array_size
     contiguous: tuple[int, int, int] | None  # (row_begin, row_end, first_key): rows hold keys first_key.. ; others empty
@@ -281,9 +311,21 @@ class BlockGeometry:
     physical_slot: Tensor  # (L,) slot within the padded window (for cell variation)
     holds_key_f: Tensor  # (L,) holds_key as 0./1.
     key_decay: dict[int, Tensor]  # n -> (L,) exp(-n lambda (r - j)), zero on empty slots
+
+
+@dataclass
+class BlockGeometry(KeySlots):
+    """Geometry of one query block: its queries, the key slots it reads (:class:`KeySlots`), and the window mask.
+
+    bq = the block's number of queries.  Only the rows of key slots that some query of the block must not see carry a
+    mask; the others are inside every query's window.
+    """
+
+    query_begin: int
+    query_end: int
     query_decay: dict[int, Tensor]  # n -> (bq,) exp(n lambda (r - i))
-    window_mask: Tensor | None  # (L, bq) 0./1. window mask, or None when every pair is inside the window
-    unmasked_rows: tuple[int, int]  # rows [begin, end) are inside every query's window; the others need the mask
+    masked_rows: tuple[tuple[int, int, Tensor], ...]  # (row_begin, row_end, (rows, bq) 0./1. mask) per masked run
+    window_count: Tensor  # (1, bq) keys inside each query's window
     tile_of_key_block: Tensor | None  # (n_key_blocks,) readout of each block when some blocks share a tile, else None
     n_readouts: int  # tile readouts of the block: n_tiles when blocks share tiles, else n_key_blocks
     tile_active: Tensor | None  # (n_readouts, bq): the tile holds a key of the query's window (for gating)
@@ -292,48 +334,134 @@ class BlockGeometry:
     def n_queries(self) -> int:
         return self.query_end - self.query_begin
 
+    def window_mask(self) -> Tensor:
+        """The whole (L, bq) 0./1. window mask (the unmasked rows as ones); for tests and diagnostics."""
+        mask = torch.ones(self.n_key_slots, self.n_queries, dtype=self.holds_key_f.dtype, device=self.holds_key_f.device)
+        for begin, end, rows in self.masked_rows:
+            mask[begin:end] = rows
+        return mask
 
-def block_geometry(plan: KernelPlan, query_begin: int, query_end: int, powers: set[int], like: Tensor) -> BlockGeometry:
-    """The geometry of queries [query_begin, query_end); ``powers``: the decay powers the features need."""
-    window, array_size, padded_window = plan.window, plan.array_size, plan.padded_window
+
+@dataclass
+class Segment:
+    """Consecutive query blocks that share one decay reference (their last query) and one set of key slots.
+
+    ``keys`` covers every block's slots (block b reads rows [b.first_slot - keys.first_slot, + b.n_key_slots)), so the
+    key and value features can be computed once for the segment; None when each block computes its own (cell
+    variation, whose gains are per block).
+    """
+
+    keys: KeySlots | None
+    blocks: list[BlockGeometry]
+    query_begin: int
+    query_end: int
+    query_decay: dict[int, Tensor]  # n -> (queries,) exp(n lambda (r - i)) over the segment's queries
+
+
+def _padded(plan: KernelPlan, position: int) -> int:
+    return (position // plan.window) * plan.padded_window + position % plan.window
+
+
+def key_slots(
+    plan: KernelPlan, query_begin: int, query_end: int, powers: set[int], like: Tensor, reference: int | None = None
+) -> KeySlots:
+    """The key slots read by queries [query_begin, query_end), decay factors relative to absolute position
+    ``reference`` (default: the last of those queries)."""
+    array_size = plan.array_size
     dev, dtype = like.device, like.dtype
     first_q = plan.query_start + query_begin
     last_q = plan.query_start + query_end - 1
+    r = last_q if reference is None else reference
     first_k = plan.key_start
     last_k = plan.key_start + plan.n_keys - 1
-    lo = max(first_k, first_q - window + 1)  # first and last key position the block's queries see
+    lo = max(first_k, first_q - plan.window + 1)  # first and last key position the queries see
     hi = min(last_k, last_q)
-
-    def padded(position: int) -> int:
-        return (position // window) * padded_window + position % window
-
-    p0 = (padded(lo) // array_size) * array_size
-    p1 = (padded(hi) // array_size + 1) * array_size
+    p0 = (_padded(plan, lo) // array_size) * array_size
+    p1 = (_padded(plan, hi) // array_size + 1) * array_size
     p = torch.arange(p0, p1, device=dev)
-    slot = p % padded_window
-    pos = (p // padded_window) * window + slot
-    holds_key = (slot < window) & (pos >= first_k) & (pos <= last_k)
+    slot = p % plan.padded_window
+    pos = (p // plan.padded_window) * plan.window + slot
+    holds_key = (slot < plan.window) & (pos >= first_k) & (pos <= last_k)
     key_index = (pos - first_k).clamp(0, plan.n_keys - 1)
     contiguous = None
-    if padded_window == window:  # padded coordinates are absolute positions: the keys are one contiguous run
+    if plan.padded_window == plan.window:  # padded coordinates are absolute positions: the keys are one contiguous run
         r0 = max(p0, first_k) - p0
         r1 = min(p1 - 1, last_k) + 1 - p0
         contiguous = (r0, r1, p0 + r0 - first_k)
+    holds_key_f = holds_key.to(dtype)
+    posf = pos.to(dtype)
+    key_decay: dict[int, Tensor] = {}
+    for n in powers | {0, 1}:
+        if n == 0 or plan.decay == 0:
+            key_decay[n] = holds_key_f
+        else:
+            key_decay[n] = torch.exp(-n * plan.decay * (r - posf)) * holds_key_f
+    return KeySlots(
+        first_slot=p0,
+        n_key_slots=p1 - p0,
+        n_key_blocks=(p1 - p0) // array_size,
+        contiguous=contiguous,
+        key_index=key_index,
+        holds_key=holds_key,
+        physical_slot=slot,
+        holds_key_f=holds_key_f,
+        key_decay=key_decay,
+    )
+
+
+def query_decay(
+    plan: KernelPlan, query_begin: int, query_end: int, powers: set[int], like: Tensor, reference: int
+) -> dict[int, Tensor]:
+    """n -> (queries,) exp(n lambda (r - i)) for queries [query_begin, query_end) and reference position r."""
+    qpos = torch.arange(plan.query_start + query_begin, plan.query_start + query_end, device=like.device).to(like.dtype)
+    return {
+        n: torch.ones_like(qpos) if n == 0 or plan.decay == 0 else torch.exp(n * plan.decay * (reference - qpos))
+        for n in powers | {0, 1}
+    }
+
+
+def _inside(plan: KernelPlan, pos: Tensor, holds_key: Tensor, qpos: Tensor) -> Tensor:
+    """(rows, bq) bool: the slot holds a key inside the query's causal window."""
+    return holds_key[:, None] & (pos[:, None] <= qpos[None, :]) & (pos[:, None] > qpos[None, :] - plan.window)
+
+
+def _unmasked_run(plan: KernelPlan, keys: KeySlots, pos: Tensor, first_q: int, last_q: int) -> tuple[int, int]:
+    """Rows [begin, end) inside every query's window, when those rows are one run (else an empty run: mask all)."""
+    lo = max(plan.key_start, last_q - plan.window + 1)  # keys every query of [first_q, last_q] sees
+    hi = min(plan.key_start + plan.n_keys - 1, first_q)
+    if keys.contiguous is not None:  # padded coordinates are positions: the run follows from the bounds
+        begin = min(max(lo - keys.first_slot, 0), keys.n_key_slots)
+        end = min(max(hi + 1 - keys.first_slot, begin), keys.n_key_slots)
+        return begin, end
+    good = keys.holds_key & (pos >= lo) & (pos <= hi)
+    rows = good.nonzero()
+    if rows.numel() == 0:
+        return 0, 0
+    begin, end = int(rows[0]), int(rows[-1]) + 1
+    return (begin, end) if end - begin == rows.numel() else (0, 0)
+
+
+def block_geometry(
+    plan: KernelPlan, query_begin: int, query_end: int, powers: set[int], like: Tensor, reference: int | None = None
+) -> BlockGeometry:
+    """The geometry of queries [query_begin, query_end); ``powers``: the decay powers the features need;
+    ``reference``: absolute position of the decay reference r (default: the block's last query)."""
+    keys = key_slots(plan, query_begin, query_end, powers, like, reference)
+    window, array_size = plan.window, plan.array_size
+    dev, dtype = like.device, like.dtype
+    first_q = plan.query_start + query_begin
+    last_q = plan.query_start + query_end - 1
+    n_key_slots, n_key_blocks = keys.n_key_slots, keys.n_key_blocks
+    p = torch.arange(keys.first_slot, keys.first_slot + n_key_slots, device=dev)
+    pos = (p // plan.padded_window) * window + keys.physical_slot
     qpos = torch.arange(first_q, last_q + 1, device=dev)
-    inside = holds_key[:, None] & (pos[:, None] <= qpos[None, :]) & (pos[:, None] > qpos[None, :] - window)  # (L, bq)
-    n_key_slots = p1 - p0
-    n_key_blocks = n_key_slots // array_size
-    row_needs_mask = ~inside.all(1)
-    window_mask: Tensor | None = None
-    unmasked = (0, 0)
-    if bool(row_needs_mask.any()):
-        window_mask = inside.to(dtype)
-        good = (~row_needs_mask).nonzero()
-        unmasked = (n_key_slots, n_key_slots)  # mask every row
-        if good.numel() > 0:
-            g0, g1 = int(good[0]), int(good[-1]) + 1
-            if not bool(row_needs_mask[g0:g1].any()):
-                unmasked = (g0, g1)
+    begin, end = _unmasked_run(plan, keys, pos, first_q, last_q)
+    masked_rows = tuple(
+        (b, e, _inside(plan, pos[b:e], keys.holds_key[b:e], qpos).to(dtype)) for b, e in ((0, begin), (end, n_key_slots)) if e > b
+    )
+    window_count = torch.full((1, last_q - first_q + 1), float(end - begin), dtype=dtype, device=dev)
+    for _, _, mask in masked_rows:
+        window_count += mask.sum(0, keepdim=True)
     tile_of_key_block = None
     n_readouts = n_key_blocks
     if n_key_blocks > plan.n_tiles:
@@ -341,6 +469,7 @@ def block_geometry(plan: KernelPlan, query_begin: int, query_end: int, powers: s
         n_readouts = plan.n_tiles
     tile_active = None
     if plan.gate_empty_tiles:
+        inside = _inside(plan, pos, keys.holds_key, qpos)
         per_block = inside.view(n_key_blocks, array_size, -1).any(1).to(dtype)  # (n_key_blocks, bq)
         if tile_of_key_block is not None:
             per_block = (
@@ -349,40 +478,46 @@ def block_geometry(plan: KernelPlan, query_begin: int, query_end: int, powers: s
                 .clamp_(max=1.0)
             )
         tile_active = per_block
-    holds_key_f = holds_key.to(dtype)
-    posf = pos.to(dtype)
-    qposf = qpos.to(dtype)
-    key_decay: dict[int, Tensor] = {}
-    query_decay: dict[int, Tensor] = {}
-    for n in powers | {0, 1}:
-        if n == 0 or plan.decay == 0:
-            key_decay[n] = holds_key_f
-            query_decay[n] = torch.ones_like(qposf)
-        else:  # reference r = the block's last query
-            key_decay[n] = torch.exp(-n * plan.decay * (last_q - posf)) * holds_key_f
-            query_decay[n] = torch.exp(n * plan.decay * (last_q - qposf))
     return BlockGeometry(
-        query_begin=query_begin,
-        query_end=query_end,
+        first_slot=keys.first_slot,
         n_key_slots=n_key_slots,
         n_key_blocks=n_key_blocks,
-        contiguous=contiguous,
-        key_index=key_index,
-        holds_key=holds_key,
-        physical_slot=slot,
-        holds_key_f=holds_key_f,
-        key_decay=key_decay,
-        query_decay=query_decay,
-        window_mask=window_mask,
-        unmasked_rows=unmasked,
+        contiguous=keys.contiguous,
+        key_index=keys.key_index,
+        holds_key=keys.holds_key,
+        physical_slot=keys.physical_slot,
+        holds_key_f=keys.holds_key_f,
+        key_decay=keys.key_decay,
+        query_begin=query_begin,
+        query_end=query_end,
+        query_decay=query_decay(plan, query_begin, query_end, powers, like, last_q if reference is None else reference),
+        masked_rows=masked_rows,
+        window_count=window_count,
         tile_of_key_block=tile_of_key_block,
         n_readouts=n_readouts,
         tile_active=tile_active,
     )
 
 
-def geometries(plan: KernelPlan, like: Tensor) -> Iterator[BlockGeometry]:
-    """Block geometries, built one at a time (their masks are the only per-block state)."""
+def segment_blocks(plan: KernelPlan) -> list[list[tuple[int, int]]]:
+    """The query blocks grouped into segments of at most ``plan.segment_queries`` queries (consecutive, in order)."""
+    blocks = query_blocks(plan)
+    per_segment = max(1, plan.segment_queries // plan.query_block)
+    return [blocks[i : i + per_segment] for i in range(0, len(blocks), per_segment)]
+
+
+def segments(plan: KernelPlan, like: Tensor) -> Iterator[Segment]:
+    """Segments with their block geometries, built one segment at a time."""
     powers = {t.power for t in plan.forward_terms + plan.backward_terms}
-    for begin, end in query_blocks(plan):
-        yield block_geometry(plan, begin, end, powers, like)
+    for group in segment_blocks(plan):
+        begin, end = group[0][0], group[-1][1]
+        reference = plan.query_start + end - 1
+        keys = None if plan.variation else key_slots(plan, begin, end, powers, like, reference)
+        blocks = [block_geometry(plan, b, e, powers, like, reference) for b, e in group]
+        yield Segment(keys, blocks, begin, end, query_decay(plan, begin, end, powers, like, reference))
+
+
+def geometries(plan: KernelPlan, like: Tensor) -> Iterator[BlockGeometry]:
+    """Every block geometry, in order (decay references as the kernel uses them: per segment)."""
+    for segment in segments(plan, like):
+        yield from segment.blocks
