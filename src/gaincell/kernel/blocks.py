@@ -199,7 +199,7 @@ class ForwardState:
     pulses_t: Tensor  # (c, L, bq) phi^T
     decayed_values: Tensor  # (c, L, D)
     value_features: Tensor  # (c, L, F)
-    tile_sums: Tensor  # (c, n_readouts, D, bq) A before the readout (only when kept)
+    tile_sums: Tensor  # (c, n_readouts, D, bq) A / A_sat / step before the readout (only when kept)
     key_gain: Tensor | None  # (c, L, D) cell variation, or None
     value_gain: Tensor | None
 
@@ -239,6 +239,11 @@ def _add_read_noise(
     if absolute > 0:
         std = std.square_().add_(absolute * absolute).sqrt_()
     x.addcmul_(noise, std)
+
+
+def readout_step(plan: KernelPlan) -> float:
+    """One level of the readout quantiser, in units of the output saturation (1 without quantiser)."""
+    return 1.0 if plan.out_levels is None else 2.0 / (plan.out_levels - 1)
 
 
 def _key_blocks(x: Tensor, n_blocks: int, array_size: int) -> Tensor:
@@ -312,18 +317,22 @@ def forward_block(
         pulses_t.view(c, n_blocks, a, bq),
         buf(Buffer.TERM_SUMS_T, c, n_blocks, f, bq),
     )
-    tile_sums = combine_terms(plan, terms, scales, term_sums_t, d, -2, buf(Buffer.TILE_SUMS, c, n_blocks, d, bq))
+    # tile sums A, in units of one readout step: A / A_sat / step (the scale rides on the per-query term factors)
+    step = readout_step(plan)
+    scale = plan.inv_output_saturation / step
+    tile_sums = combine_terms(
+        plan, terms, scales, term_sums_t, d, -2, buf(Buffer.TILE_SUMS, c, n_blocks, d, bq), factor=scale
+    )
     if block.tile_of_key_block is not None:  # blocks W apart share a physical tile: sum them before the readout
         folded = buf(Buffer.FOLDED_TILE_SUMS, c, block.n_readouts, d, bq).zero_()
         tile_sums = folded.index_add_(1, block.tile_of_key_block, tile_sums)
     if plan.read_noise_output > 0 or plan.read_noise_relative is not None:
         rms = None if plan.read_noise_relative is None else tile_sums.square().mean(2, keepdim=True).sqrt_()
-        _add_read_noise(tile_sums, plan.read_noise_output, plan.read_noise_relative, rms, noise_gen)
+        _add_read_noise(tile_sums, plan.read_noise_output * scale, plan.read_noise_relative, rms, noise_gen)
     # readout of each tile: clamp(A / A_sat, -1, 1), quantised; in units of one step until the digital sum
-    step = 1.0 if plan.out_levels is None else 2.0 / (plan.out_levels - 1)
-    scale = plan.inv_output_saturation / step
-    x = torch.mul(tile_sums, scale, out=buf(Buffer.READOUT, *tile_sums.shape)) if keep else tile_sums.mul_(scale)
-    x.clamp_(-1.0 / step, 1.0 / step)
+    x = torch.clamp(tile_sums, -1.0 / step, 1.0 / step, out=buf(Buffer.READOUT, *tile_sums.shape)) if keep else tile_sums
+    if not keep:
+        x.clamp_(-1.0 / step, 1.0 / step)
     if plan.out_levels is not None:
         if plan.out_grid == "exact":
             x.add_(1.0 / step).round_().sub_(1.0 / step)
@@ -367,10 +376,10 @@ def backward_block(
     buf = inputs.buffer
     s = forward_block(inputs, chunk, block, noise_gen, keep=True, shared=shared)
     # readout: straight-through quantiser, clamp gradient of each tile's saturation
-    tile_sums = s.tile_sums
+    tile_sums = s.tile_sums  # in readout steps
+    limit = 1.0 / readout_step(plan)
     grad_tiles = buf(Buffer.GRAD_TILE_SUMS, *tile_sums.shape)
-    torch.mul(tile_sums, plan.inv_output_saturation, out=grad_tiles)
-    grad_tiles.copy_((grad_tiles >= -1.0) & (grad_tiles <= 1.0)).mul_(grad_t[:, None] * plan.inv_output_saturation)
+    grad_tiles.copy_((tile_sums >= -limit) & (tile_sums <= limit)).mul_(grad_t[:, None] * plan.inv_output_saturation)
     if block.tile_active is not None:
         grad_tiles.mul_(block.tile_active[None, :, None, :])
     grad_blocks = (

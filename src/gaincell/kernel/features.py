@@ -167,9 +167,16 @@ def query_features(
 
 
 def combine_terms(
-    plan: KernelPlan, terms: tuple[FeatureTerm, ...], scales: list[Tensor], m: Tensor, d: int, axis: int, out: Tensor
+    plan: KernelPlan,
+    terms: tuple[FeatureTerm, ...],
+    scales: list[Tensor],
+    m: Tensor,
+    d: int,
+    axis: int,
+    out: Tensor,
+    factor: float = 1.0,
 ) -> Tensor:
-    """out = sum_t s_t * M_t + M_const, with the term columns of ``m`` along ``axis`` (-1 or -2).
+    """out = factor * (sum_t s_t * M_t + M_const), with the term columns of ``m`` along ``axis`` (-1 or -2).
 
     The scales vary along the other of the last two axes (the queries).
     """
@@ -178,6 +185,7 @@ def combine_terms(
     for term, s in zip(terms, scales, strict=True):
         width = term.width(d)
         part = m.narrow(axis, col, width)
+        s = s * factor if factor != 1.0 else s
         scale = s[None, :] if axis == -2 else s[:, None]
         if first:
             torch.mul(part, scale, out=out)
@@ -187,7 +195,10 @@ def combine_terms(
         col += width
     if plan.has_constant_map(terms):
         part = m.narrow(axis, col, d)
-        out.copy_(part) if first else out.add_(part)
+        if first:
+            torch.mul(part, factor, out=out)
+        else:
+            out.add_(part, alpha=factor)
         first = False
     if first:
         out.zero_()
