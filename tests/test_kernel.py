@@ -371,6 +371,43 @@ def test_noisy_backward_replays_the_forward_noise():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [SAT, {**SAT, "cell_gradient": "exact"}, {**SAT, "read_noise_score": 0.5, "read_noise_output": 0.3, "read_snr_db": 10.0}],
+)
+def test_kept_forward_gives_the_gradients_of_the_recomputed_one(monkeypatch, changes):
+    """A one-block call keeps its forward for the backward (plan.keep_forward); recomputing it (and replaying the read
+    noise) must give the same gradients."""
+    cfg = HardwareConfig.preset("paper").replace(**changes)
+    q, k, v = _inputs(2, 3, 60, 60, 8, seed=4, grad=True)
+    g = torch.randn(2, 3, 60, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    assert kernel_plan.make_plan(cfg, 60, 60, 8, batch=2, heads=3, decay=cfg.decay_per_token, backward=True).keep_forward
+    results = []
+    for budget in (kernel_plan.KEEP_BUDGET, 0):
+        monkeypatch.setattr(kernel_plan, "KEEP_BUDGET", budget)
+        monkeypatch.setattr(kernel_plan, "BLOCK_BUDGET", 6 * 2**10)  # several head chunks, each kept on its own
+        out = analog_attention(q, k, v, cfg, generator=torch.Generator().manual_seed(5))
+        results.append((out, torch.autograd.grad((out * g).sum(), (q, k, v))))
+    (out_kept, grads_kept), (out_again, grads_again) = results
+    torch.testing.assert_close(out_kept, out_again, rtol=0, atol=0)
+    for name, a, b in zip("qkv", grads_kept, grads_again, strict=True):
+        assert b.abs().max() > 0, name
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14, msg=f"d{name}")
+
+
+def test_the_forward_is_kept_only_for_one_block_within_its_budget():
+    cfg = HardwareConfig.preset("paper")
+
+    def keeps(n_queries: int, batch: int, heads: int, backward: bool = True) -> bool:
+        plan = kernel_plan.make_plan(cfg, n_queries, n_queries, 64, batch=batch, heads=heads, decay=1e-4, backward=backward)
+        return plan.keep_forward
+
+    assert keeps(128, 16, 4)  # the shipped model's training step
+    assert not keeps(128, 16, 4, backward=False)  # nothing to keep it for
+    assert not keeps(129, 1, 1)  # two query blocks: recomputed, memory O(window)
+    assert not keeps(128, 64, 12)  # over KEEP_BUDGET
+
+
 # ---------------------------------------------------------------------------------------------------- efficiency
 def test_window_cuts_work_not_just_masks_it():
     cfg = HardwareConfig.preset("paper")

@@ -160,6 +160,9 @@ def test_segments_hold_every_block_slot_and_share_one_decay_reference(
     plan = _plan(window, array_size, n_queries, n_keys, key_start, decay=decay)
     blocks = [block for segment in segments(plan, LIKE) for block in segment.blocks]
     assert [(b.query_begin, b.query_end) for b in blocks] == query_blocks(plan)
+    # the working-set budget counts exactly the largest block and segment
+    assert plan.most_block_slots == max(b.n_key_slots for b in blocks)
+    assert plan.most_segment_slots == max(s.keys.n_key_slots for s in segments(plan, LIKE))
     for segment in segments(plan, LIKE):
         assert segment.keys is not None  # no cell variation: the blocks read the segment's features
         assert segment.query_end - segment.query_begin <= plan.segment_queries

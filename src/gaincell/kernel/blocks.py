@@ -115,10 +115,17 @@ class KernelInputs:
     """Inputs shared by the forward and the recomputing backward: (B, H, T, D) tensors, any strides."""
 
     def __init__(
-        self, plan: KernelPlan, q: Tensor, k: Tensor, v: Tensor, variation: tuple[Tensor, ...] | None, dtype: torch.dtype
+        self,
+        plan: KernelPlan,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        variation: tuple[Tensor, ...] | None,
+        dtype: torch.dtype,
+        workspace: Workspace | None = None,
     ):
         self.plan, self.q, self.k, self.v, self.variation = plan, q, k, v, variation
-        self.workspace = thread_workspace()
+        self.workspace = thread_workspace() if workspace is None else workspace
         self.head_dim = q.shape[-1]
         self.like = torch.empty(0, dtype=dtype, device=q.device)  # dtype and device of every buffer
 
@@ -320,9 +327,7 @@ def forward_block(
     # tile sums A, in units of one readout step: A / A_sat / step (the scale rides on the per-query term factors)
     step = readout_step(plan)
     scale = plan.inv_output_saturation / step
-    tile_sums = combine_terms(
-        plan, terms, scales, term_sums_t, d, -2, buf(Buffer.TILE_SUMS, c, n_blocks, d, bq), factor=scale
-    )
+    tile_sums = combine_terms(plan, terms, scales, term_sums_t, d, -2, buf(Buffer.TILE_SUMS, c, n_blocks, d, bq), factor=scale)
     if block.tile_of_key_block is not None:  # blocks W apart share a physical tile: sum them before the readout
         folded = buf(Buffer.FOLDED_TILE_SUMS, c, block.n_readouts, d, bq).zero_()
         tile_sums = folded.index_add_(1, block.tile_of_key_block, tile_sums)
@@ -366,15 +371,17 @@ def backward_block(
     grad_t: Tensor,
     noise_gen: torch.Generator | None,
     shared: SharedFeatures | None = None,
+    kept: ForwardState | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients (dq (c, bq, D), dyk (c, L, D), dyv (c, L, D)) of one block, recomputing its forward.
+    """Gradients (dq (c, bq, D), dyk (c, L, D), dyv (c, L, D)) of one block, recomputing its forward unless ``kept``.
 
-    ``grad_t``: the gradient on the block's output, (c, D, bq); ``shared``: as for :func:`forward_block`.
+    ``grad_t``: the gradient on the block's output, (c, D, bq); ``shared``: as for :func:`forward_block`; ``kept``:
+    the block's forward state kept from the forward pass (see ``KernelPlan.keep_forward``).
     """
     plan, d = inputs.plan, inputs.head_dim
     c, bq, n_slots, n_blocks, a = chunk.size, block.n_queries, block.n_key_slots, block.n_key_blocks, plan.array_size
     buf = inputs.buffer
-    s = forward_block(inputs, chunk, block, noise_gen, keep=True, shared=shared)
+    s = kept if kept is not None else forward_block(inputs, chunk, block, noise_gen, keep=True, shared=shared)
     # readout: straight-through quantiser, clamp gradient of each tile's saturation
     tile_sums = s.tile_sums  # in readout steps
     limit = 1.0 / readout_step(plan)
@@ -437,6 +444,27 @@ def _scatter_keys(dst: Tensor, chunk: HeadChunk, block: BlockGeometry, rows: Ten
         dst.index_add_(2, block.key_index[block.holds_key], rows4[:, :, block.holds_key])
 
 
+def _backward_into(
+    inputs: KernelInputs,
+    chunk: HeadChunk,
+    block: BlockGeometry,
+    grad: Tensor,
+    grads: tuple[Tensor, Tensor, Tensor],
+    noise_gen: torch.Generator | None,
+    shared: SharedFeatures | None,
+    kept: ForwardState | None,
+) -> None:
+    """One block's backward: its share of ``grad`` (B, H, Tq, D) in, its gradients added into ``grads`` (dq, dk, dv)."""
+    d, queries = inputs.head_dim, slice(block.query_begin, block.query_end)
+    dq, dk, dv = grads
+    grad_t = inputs.buffer(Buffer.GRAD_OUTPUT, chunk.size, d, block.n_queries)
+    grad_t.view(chunk.n_batch, chunk.n_heads, d, block.n_queries).copy_(chunk.of(grad)[:, :, queries].transpose(-1, -2))
+    block_dq, block_dk, block_dv = backward_block(inputs, chunk, block, grad_t, noise_gen, shared, kept)
+    chunk.of(dq)[:, :, queries] = block_dq.view(chunk.n_batch, chunk.n_heads, block.n_queries, d)
+    _scatter_keys(dk, chunk, block, block_dk)
+    _scatter_keys(dv, chunk, block, block_dv)
+
+
 # ---------------------------------------------------------------------------------------------------- autograd
 class AnalogAttentionFunction(torch.autograd.Function):
     """Blocked forward; backward recomputes each block.  Inputs (B, H, T, D) of any strides and float dtype."""
@@ -456,44 +484,46 @@ class AnalogAttentionFunction(torch.autograd.Function):
         inputs = KernelInputs(plan, q, k, v, variation, dtype)
         n_batch, n_heads, n_queries, d = q.shape
         out = torch.empty(n_batch, n_heads, n_queries, d, dtype=dtype, device=q.device)
+        # with plan.keep_forward (one query block): each chunk's forward in buffers of its own, kept for the backward
+        kept: list[tuple[HeadChunk, BlockGeometry, ForwardState]] = []
         for segment in segments(plan, inputs.like):
             for chunk in head_chunks(plan, n_batch, n_heads):
+                if plan.keep_forward:
+                    inputs = KernelInputs(plan, q, k, v, variation, dtype, Workspace())
                 shared = None if segment.keys is None else shared_features(inputs, chunk, segment)
                 for block in segment.blocks:
-                    res = forward_block(inputs, chunk, block, noise_gen, keep=False, shared=shared).output  # (c, D, bq)
-                    chunk.of(out)[:, :, block.query_begin : block.query_end] = res.view(
+                    state = forward_block(inputs, chunk, block, noise_gen, keep=plan.keep_forward, shared=shared)
+                    chunk.of(out)[:, :, block.query_begin : block.query_end] = state.output.view(
                         chunk.n_batch, chunk.n_heads, d, -1
                     ).transpose(-1, -2)
+                    if plan.keep_forward:
+                        kept.append((chunk, block, state))
         ctx.save_for_backward(q, k, v)
         ctx.extras = (plan, variation, dtype, noise_state)  # type: ignore[attr-defined]
+        ctx.kept = kept  # type: ignore[attr-defined]
         return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor):  # type: ignore[override]
         q, k, v = ctx.saved_tensors  # type: ignore[attr-defined]
         plan, variation, dtype, noise_state = ctx.extras  # type: ignore[attr-defined]
+        kept = ctx.kept  # type: ignore[attr-defined]
         noise_gen = None
         if noise_state is not None:  # replay the forward's read noise
             noise_gen = torch.Generator(device=q.device)
             noise_gen.set_state(noise_state)
         inputs = KernelInputs(plan, q, k, v, variation, dtype)
-        n_batch, n_heads, _, d = q.shape
+        n_batch, n_heads = q.shape[:2]
         dq = torch.zeros(q.shape, dtype=dtype, device=q.device)
         dk = torch.zeros(k.shape, dtype=dtype, device=q.device)
         dv = torch.zeros(v.shape, dtype=dtype, device=q.device)
-        for segment in segments(plan, inputs.like):
+        for chunk, block, state in kept:  # forward kept: no recompute (and no noise to replay)
+            _backward_into(inputs, chunk, block, grad, (dq, dk, dv), noise_gen, None, state)
+        for segment in () if plan.keep_forward else segments(plan, inputs.like):
             for chunk in head_chunks(plan, n_batch, n_heads):
                 shared = None if segment.keys is None else shared_features(inputs, chunk, segment)
                 for block in segment.blocks:
-                    queries = slice(block.query_begin, block.query_end)
-                    grad_t = inputs.buffer(Buffer.GRAD_OUTPUT, chunk.size, d, block.n_queries)
-                    grad_t.view(chunk.n_batch, chunk.n_heads, d, block.n_queries).copy_(
-                        chunk.of(grad)[:, :, queries].transpose(-1, -2)
-                    )
-                    block_dq, block_dk, block_dv = backward_block(inputs, chunk, block, grad_t, noise_gen, shared)
-                    chunk.of(dq)[:, :, queries] = block_dq.view(chunk.n_batch, chunk.n_heads, block.n_queries, d)
-                    _scatter_keys(dk, chunk, block, block_dk)
-                    _scatter_keys(dv, chunk, block, block_dv)
+                    _backward_into(inputs, chunk, block, grad, (dq, dk, dv), noise_gen, shared, None)
         # straight-through quantisers: the gradient passes where the input was inside the DAC range
         dq.mul_((q >= 0.0) & (q <= 1.0))
         if plan.kv_in_dac_domain:

@@ -23,6 +23,10 @@ from gaincell.config import HardwareConfig
 # Working-set budget of one (head chunk, query block) step, in bytes.  Peak extra memory of a forward call is a small
 # multiple of this, independent of the sequence length.
 BLOCK_BUDGET = 32 * 2**20
+# A call whose queries fit in one block keeps its forward intermediates for the backward (instead of recomputing
+# them) when they take at most this many bytes, all heads together: training at short contexts, where the recompute
+# would be a third of the backward's work.  Longer calls recompute (their memory stays O(window)).
+KEEP_BUDGET = 64 * 2**20
 DEFAULT_QUERY_BLOCK = 128
 MAX_EXPONENT = 30.0  # largest exp() taken on the query side of the decay factorisation (e^30 ~ 1e13)
 
@@ -91,9 +95,12 @@ class KernelPlan:
     kv_in_dac_domain: bool  # k, v arrive in the DAC domain (quantised per block) rather than as written voltages
     query_block: int  # queries per block
     segment_queries: int  # queries per segment (a multiple of query_block): blocks that share key features
+    most_block_slots: int  # the most key slots one query block reads
+    most_segment_slots: int  # the most key slots one segment reads
     batch_chunk: int  # batch entries per chunk
     head_chunk: int  # heads per chunk
     bytes_per_head: int  # working set of one head in one block step
+    keep_forward: bool  # the forward's intermediates are kept for the backward (one query block, within KEEP_BUDGET)
     key_start: int  # absolute position of key 0
     query_start: int  # absolute position of query 0
     n_keys: int
@@ -147,11 +154,27 @@ def working_set_elements(
     return elements
 
 
-def _key_slot_bound(n_keys: int, window: int, padded_window: int, array_size: int, n_queries: int) -> int:
-    """The most key slots a run of ``n_queries`` consecutive queries reads: its keys' span, stretched by the padding,
-    plus an array-sized block each side."""
-    span = min(n_keys, window + n_queries - 1)
-    return (-(-span * padded_window // window // array_size) + 2) * array_size
+def _slot_range(window: int, padded_window: int, array_size: int, lo: int, hi: int) -> tuple[int, int]:
+    """[p0, p1): the array-aligned run of padded-ring slots that holds key positions lo..hi."""
+
+    def padded(position: int) -> int:
+        return (position // window) * padded_window + position % window
+
+    return (padded(lo) // array_size) * array_size, (padded(hi) // array_size + 1) * array_size
+
+
+def _most_key_slots(
+    window: int, padded_window: int, array_size: int, key_start: int, n_keys: int, n_queries: int, run: int
+) -> int:
+    """The most key slots any of the runs of ``run`` consecutive queries (blocks or segments) reads."""
+    query_start = key_start + n_keys - n_queries
+    most = 0
+    for begin in range(0, n_queries, run):
+        first_q, last_q = query_start + begin, query_start + min(begin + run, n_queries) - 1
+        lo, hi = max(key_start, first_q - window + 1), min(key_start + n_keys - 1, last_q)
+        p0, p1 = _slot_range(window, padded_window, array_size, lo, hi)
+        most = max(most, p1 - p0)
+    return most
 
 
 def make_plan(
@@ -189,8 +212,9 @@ def make_plan(
     array_size = config.array_size
     n_tiles = -(-config.window // array_size)
     padded_window = n_tiles * array_size
-    block_slots = _key_slot_bound(n_keys, config.window, padded_window, array_size, query_block)
-    segment_slots = _key_slot_bound(n_keys, config.window, padded_window, array_size, segment_queries)
+    geometry = (config.window, padded_window, array_size, key_start, n_keys, n_queries)
+    block_slots = _most_key_slots(*geometry, query_block)
+    segment_slots = _most_key_slots(*geometry, segment_queries)
     forward_width = sum(t.width(head_dim) for t in forward_terms) + (head_dim if variation else 0)
     backward_width = sum(t.width(head_dim) for t in backward_terms) + (
         head_dim if variation and backward_terms is forward_terms else 0
@@ -207,6 +231,13 @@ def make_plan(
         query_rows=None if variation else segment_queries,
     )
     bytes_per_head = elements * element_bytes
+    forward_elements = (
+        working_set_elements(
+            block_slots, block_slots // array_size, query_block, head_dim, forward_width, backward_width, backward=False
+        )
+        + block_slots * query_block
+    )  # kept: the scores and the pulses both
+    keep_forward = backward and n_queries <= query_block and batch * heads * forward_elements * element_bytes <= KEEP_BUDGET
     batch_chunk, head_chunk = chunk_sizes(batch, heads, bytes_per_head)
     return KernelPlan(
         forward_terms=forward_terms,
@@ -230,9 +261,12 @@ def make_plan(
         kv_in_dac_domain=kv_in_dac_domain,
         query_block=query_block,
         segment_queries=segment_queries,
+        most_block_slots=block_slots,
+        most_segment_slots=segment_slots,
         batch_chunk=batch_chunk,
         head_chunk=head_chunk,
         bytes_per_head=bytes_per_head,
+        keep_forward=keep_forward,
         key_start=key_start,
         query_start=key_start + n_keys - n_queries,
         n_keys=n_keys,
@@ -358,10 +392,6 @@ class Segment:
     query_decay: dict[int, Tensor]  # n -> (queries,) exp(n lambda (r - i)) over the segment's queries
 
 
-def _padded(plan: KernelPlan, position: int) -> int:
-    return (position // plan.window) * plan.padded_window + position % plan.window
-
-
 def key_slots(
     plan: KernelPlan, query_begin: int, query_end: int, powers: set[int], like: Tensor, reference: int | None = None
 ) -> KeySlots:
@@ -376,8 +406,7 @@ def key_slots(
     last_k = plan.key_start + plan.n_keys - 1
     lo = max(first_k, first_q - plan.window + 1)  # first and last key position the queries see
     hi = min(last_k, last_q)
-    p0 = (_padded(plan, lo) // array_size) * array_size
-    p1 = (_padded(plan, hi) // array_size + 1) * array_size
+    p0, p1 = _slot_range(plan.window, plan.padded_window, array_size, lo, hi)
     p = torch.arange(p0, p1, device=dev)
     slot = p % plan.padded_window
     pos = (p // plan.padded_window) * plan.window + slot
