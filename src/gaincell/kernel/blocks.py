@@ -35,7 +35,7 @@ from gaincell.kernel.features import (
     query_scales,
     reduce_grad_to_voltages,
 )
-from gaincell.kernel.plan import BlockGeometry, HeadChunk, KernelPlan, KeySlots, Segment, head_chunks, segments
+from gaincell.kernel.plan import BlockGeometry, FeatureTerm, HeadChunk, KernelPlan, KeySlots, Segment, head_chunks, segments
 
 
 # ---------------------------------------------------------------------------------------------------- workspace
@@ -386,7 +386,7 @@ def backward_block(
     tile_sums = s.tile_sums  # in readout steps
     limit = 1.0 / readout_step(plan)
     grad_tiles = buf(Buffer.GRAD_TILE_SUMS, *tile_sums.shape)
-    grad_tiles.copy_((tile_sums >= -limit) & (tile_sums <= limit)).mul_(grad_t[:, None] * plan.inv_output_saturation)
+    torch.abs(tile_sums, out=grad_tiles).le_(limit).mul_(grad_t[:, None] * plan.inv_output_saturation)
     if block.tile_active is not None:
         grad_tiles.mul_(block.tile_active[None, :, None, :])
     grad_blocks = (
@@ -397,6 +397,8 @@ def backward_block(
     scales = query_scales(terms, block.query_decay)
     if terms is plan.forward_terms:
         kfb, vfb = s.key_features, s.value_features
+    elif _features_are_z(terms, s.key_gain):  # the linear surrogate: the features are the decayed voltages
+        kfb, vfb = s.decayed_keys, s.decayed_values
     else:
         kfb = key_features(
             plan, terms, s.decayed_keys, block, buf(Buffer.BACKWARD_KEY_FEATURES, c, n_slots, fb), s.key_gain, None
@@ -414,23 +416,35 @@ def backward_block(
         grad_terms.transpose(-1, -2),
         out=buf(Buffer.GRAD_VALUE_FEATURES, c, n_blocks, a, fb),
     ).view(c, n_slots, fb)
-    slopes = key_features(
-        plan, terms, s.decayed_values, block, buf(Buffer.FEATURE_SLOPES, c, n_slots, fb), s.value_gain, None, derivative=True
-    )
-    dyv = reduce_grad_to_voltages(terms, grad_vf, slopes, d, buf(Buffer.GRAD_VALUES, c, n_slots, d))
-    # HardSigmoid clamp gradient and window, then the first array
-    scores_t = s.scores_t
-    grad_scores_t = grad_pulses_t.mul_((scores_t >= 0.0) & (scores_t <= 1.0)).mul_(plan.inv_score_saturation)
+    dyv = _voltage_grad(inputs, block, grad_vf, s.decayed_values, s.value_gain, buf(Buffer.GRAD_VALUES, c, n_slots, d))
+    # HardSigmoid clamp gradient (the pulse equals the score inside [0, 1]) and window, then the first array
+    grad_scores_t = grad_pulses_t.mul_(torch.eq(s.pulses_t, s.scores_t)).mul_(plan.inv_score_saturation)
     _apply_window_mask(block, grad_scores_t)
     grad_qf = torch.matmul(grad_scores_t.transpose(-1, -2), kfb, out=buf(Buffer.GRAD_QUERY_FEATURES, c, bq, fb))
     dq = combine_terms(plan, terms, scales, grad_qf, d, -1, buf(Buffer.GRAD_QUERIES, c, bq, d))
     qfb = query_features(plan, terms, scales, s.query_pulses, buf(Buffer.BACKWARD_QUERY_FEATURES, c, bq, fb))
     grad_kf = torch.matmul(grad_scores_t, qfb, out=buf(Buffer.GRAD_KEY_FEATURES, c, n_slots, fb))
-    slopes = key_features(
-        plan, terms, s.decayed_keys, block, buf(Buffer.FEATURE_SLOPES, c, n_slots, fb), s.key_gain, None, derivative=True
-    )
-    dyk = reduce_grad_to_voltages(terms, grad_kf, slopes, d, buf(Buffer.GRAD_KEYS, c, n_slots, d))
+    dyk = _voltage_grad(inputs, block, grad_kf, s.decayed_keys, s.key_gain, buf(Buffer.GRAD_KEYS, c, n_slots, d))
     return dq, dyk, dyv
+
+
+def _features_are_z(terms: tuple[FeatureTerm, ...], gain: Tensor | None) -> bool:
+    """The backward features are the decayed voltages z themselves (one z^1 term, no cell gains)."""
+    return gain is None and len(terms) == 1 and terms[0].is_monomial and terms[0].power == 1
+
+
+def _voltage_grad(
+    inputs: KernelInputs, block: BlockGeometry, grad_features: Tensor, z: Tensor, gain: Tensor | None, out: Tensor
+) -> Tensor:
+    """dL/dy (c, L, D) of the written voltages from dL/d(backward features) (c, L, Fb), through dF/dy."""
+    plan, terms = inputs.plan, inputs.plan.backward_terms
+    if _features_are_z(terms, gain):  # dz/dy = exp(-lambda (r - j)): no slope matrix needed
+        return torch.mul(grad_features, block.key_decay[1][:, None], out=out)
+    c, n_slots, fb = grad_features.shape
+    slopes = key_features(
+        plan, terms, z, block, inputs.buffer(Buffer.FEATURE_SLOPES, c, n_slots, fb), gain, None, derivative=True
+    )
+    return reduce_grad_to_voltages(terms, grad_features, slopes, inputs.head_dim, out)
 
 
 def _scatter_keys(dst: Tensor, chunk: HeadChunk, block: BlockGeometry, rows: Tensor) -> None:
@@ -525,8 +539,8 @@ class AnalogAttentionFunction(torch.autograd.Function):
                 for block in segment.blocks:
                     _backward_into(inputs, chunk, block, grad, (dq, dk, dv), noise_gen, shared, None)
         # straight-through quantisers: the gradient passes where the input was inside the DAC range
-        dq.mul_((q >= 0.0) & (q <= 1.0))
+        dq.mul_(torch.clamp(q, 0.0, 1.0).eq_(q))  # 1 where clamping leaves the input unchanged
         if plan.kv_in_dac_domain:
-            dk.mul_((k >= 0.0) & (k <= plan.kv_max))
-            dv.mul_((v >= 0.0) & (v <= plan.kv_max))
+            dk.mul_(torch.clamp(k, 0.0, plan.kv_max).eq_(k))
+            dv.mul_(torch.clamp(v, 0.0, plan.kv_max).eq_(v))
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
