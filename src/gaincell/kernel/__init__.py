@@ -13,16 +13,19 @@ the hardware model is described in ``docs/hardware.md``):
 How it is computed without materialising anything of size T x T:
 
 * The decay is separable, d_ij^n = exp(n lambda (r - i)) * exp(-n lambda (r - j)) for a reference r (the last query
-  of a block), so f(d_ij y) = sum_n g_n d_ij^n y^n becomes one matrix product of "query features"
+  of a segment of query blocks), so f(d_ij y) = sum_n g_n d_ij^n y^n becomes one matrix product of "query features"
   [g_n exp(n lambda (r - i)) q_i] and "key features" [exp(-n lambda (r - j)) y_j^n] (inner size n_terms * D).  With
   no leakage the powers collapse into f(y) itself (inner size D).  The constant term g_0 rides along as one column.
   (``features.py``)
 * Queries are processed in blocks; each block only touches the keys of its window (causality and the window cut
-  work, not just mask it), heads are chunked so a block's working set stays within a fixed budget.  (``plan.py``)
+  work, not just mask it), heads are chunked so a block's working set stays within a fixed budget.  Consecutive
+  blocks form segments (up to a window of queries) that share the decay reference, so each segment's query, key and
+  value features are computed once and its blocks read them as views.  (``plan.py``)
 * Keys are laid out in "padded ring coordinates" so that every array_size-aligned block of keys belongs to exactly
   one physical tile, also when the window is not a multiple of array_size; blocks of the same tile are summed before
   the tile's readout, which is what the hardware does when the ring buffer wraps.  (``plan.py``)
-* The backward pass recomputes each block (flash-attention style) and applies the paper's training rules:
+* The backward pass recomputes each block (flash-attention style; a one-block call within ``KEEP_BUDGET`` keeps its
+  forward instead) and applies the paper's training rules:
   straight-through quantisers, clamp gradients, and the linear surrogate (``linear_slope``) for the cell multiply,
   or the exact polynomial derivative with ``cell_gradient="exact"``.  (``blocks.py``)
 

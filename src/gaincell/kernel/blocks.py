@@ -7,12 +7,16 @@ Per block (shapes: c = batch entries x heads of the chunk, L = key slots, bq = q
    the tile sums A (c, n_key_blocks, D, bq); blocks that share a physical tile are summed;
 3. readout of each tile: clamp(A / A_sat, -1, 1), quantised, then the digital sum over tiles.
 
+The key and value features of a segment of blocks (one decay reference) are computed once per head chunk
+(:class:`SharedFeatures`); its blocks read their rows as views.
+
 The backward pass replays the forward of each block (flash-attention style: nothing of size T x T is kept) and
 applies the training rules: straight-through quantisers, clamp gradients, and the backward feature terms of the plan
-(the linear surrogate, or the exact polynomial derivative).
+(the linear surrogate, or the exact polynomial derivative).  A one-block call with ``plan.keep_forward`` instead
+keeps each chunk's forward (in buffers of its own) until the backward.
 
-Every intermediate lives in a per-thread workspace of named slots (:class:`Buffer`) reused across blocks and calls,
-so the loop allocates nothing.
+Every other intermediate lives in a per-thread workspace of named slots (:class:`Buffer`) reused across blocks and
+calls, so the loop allocates nothing.
 """
 
 from __future__ import annotations
