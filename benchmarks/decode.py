@@ -4,7 +4,8 @@
 
 Greedy decoding after a 16-token prompt, batch 1 and batch 8 (tokens/s counts every row's tokens): the shipped
 Shakespeare nonlinear model, and a GPT-2-small-shaped model (random weights) converted to the paper preset.  Then the per-token cost against position for a Llama-shaped
-model (RoPE, window 256): flat once the ring is full (O(window), not O(tokens so far)).
+model (RoPE, window 256): flat once the ring is full (O(window), not O(tokens so far)).  Also the prefill of a
+whole-context prompt (1 x 128 for the shipped model, 1 x 1024 for the GPT-2-shaped one), writing the cache.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import torch
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from common import paired_median_times
 from gaincell import HardwareConfig
 from gaincell.cache import AnalogKVCache
 from gaincell.model import convert
@@ -63,6 +65,22 @@ def main() -> None:
             digital = sum(decode(ref, DynamicCache(config=ref.config), n, prompt))
             speeds = f"{batch * n / analog:.1f} | {batch * n / digital:.1f} | {digital / analog:.2f}x"
             print(f"| {name} | {batch} | {n} | {speeds} |", flush=True)
+    # prefill: the whole prompt in one forward, the analog cache written on the way (one indexed write per layer)
+    print("\n| model | prompt | analog cache prefill ms | DynamicCache + SDPA prefill ms | ratio |")
+    print("|---|---|---|---|---|")
+    for name, model, _ in models:
+        ref = copy.deepcopy(model)
+        ref.set_attn_implementation("sdpa")
+        ref._gaincell_spec = None
+        length = min(model.config.n_positions, 1024)
+        prompt = torch.randint(0, model.config.vocab_size, (1, length))
+        with torch.no_grad():
+            t_sdpa, t_analog = paired_median_times(
+                lambda r=ref, p=prompt: r(input_ids=p, cache=DynamicCache(config=r.config), use_cache=True),
+                lambda m=model, p=prompt: m(input_ids=p, cache=AnalogKVCache(m), use_cache=True),
+                3,
+            )
+        print(f"| {name} | 1x{length} | {t_analog * 1e3:.0f} | {t_sdpa * 1e3:.0f} | {t_analog / t_sdpa:.2f}x |", flush=True)
     llama = LlamaForCausalLM(
         LlamaConfig(
             num_hidden_layers=4,

@@ -72,6 +72,31 @@ def test_token_by_token_equals_parallel_past_the_window(factory, preset):
     assert cache.layers[0].yk.shape[2] == 24 and cache.get_seq_length() == 90
 
 
+def test_a_prompt_longer_than_the_window_is_written_as_token_by_token_writes_leave_it():
+    """Prefill writes the whole prompt with one indexed write per layer; the ring (voltage powers, write times,
+    counts) must end exactly as writing it token by token does, also when the prompt wraps the ring."""
+    model = active(convert(llama(), HW))
+    x = torch.randint(1, V, (2, 70))
+    ref = model(input_ids=x, use_cache=False).logits
+    got, cache = _decode(model, x, prefill=50)  # 50 prompt tokens through a 24-slot ring
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+    fresh = AnalogKVCache(model)
+    model(input_ids=x[:, :50], cache=fresh, use_cache=True)
+    for layer, again in zip(fresh.layers, AnalogKVCache(model).layers, strict=True):
+        y = torch.randn(2, 2, 2, 50, layer.powers.shape[-1], dtype=torch.float64)  # (B, Hkv, K/V, T, D)
+        again.lazy_initialization(torch.zeros(2, 2, 1, layer.powers.shape[-1], dtype=torch.float64), None)
+        one_by_one = AnalogKVCache(model).layers[layer.index]
+        one_by_one.lazy_initialization(torch.zeros(2, 2, 1, layer.powers.shape[-1], dtype=torch.float64), None)
+        again._write_run(y)
+        for t in range(50):
+            one_by_one._write(y[:, :, :, t], None, one_by_one.now(one_by_one.steps))
+            one_by_one.steps += 1
+        for name in ("powers", "t_write", "written"):
+            assert torch.equal(getattr(again, name), getattr(one_by_one, name)), name
+        assert (again.uniform, again.steps) == (one_by_one.uniform, one_by_one.steps) == (50, 50)
+        assert layer.steps == 50 and int(layer.written[0]) == 50
+
+
 @pytest.mark.parametrize(
     "changes",
     [

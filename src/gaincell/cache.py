@@ -209,9 +209,28 @@ class AnalogCacheLayer(CacheLayerMixin):
             )
             out[idx, :, s:] = o
         every = bool(real.all())
+        if every and self.uniform is not None:  # one indexed write for the whole prompt
+            self._write_run(y)
+            return
         for t in range(q.shape[2]):
             self._write(y[:, :, :, t], None if every else real[:, t], self.now(self.steps))
             self.steps += 1
+
+    def _write_run(self, y: Tensor) -> None:
+        """Every row writes the same run of T tokens (B, Hkv, 2, T, D) into its next slots: the ring ends exactly as T
+        single writes leave it (only the last ``window`` tokens survive), each slot stamped with its token's time."""
+        w = self.hardware.window
+        assert self.powers is not None and self.t_write is not None and self.written is not None
+        assert self.uniform is not None
+        t = y.shape[3]
+        kept = torch.arange(max(0, t - w), t, device=y.device)  # earlier tokens of the run are overwritten within it
+        slots = (kept + self.uniform) % w
+        self.powers[:, :, :, slots] = y[:, :, :, kept, None, :].pow(self.exponents[:, None])
+        steps = (kept + self.steps).to(torch.float64)
+        self.t_write[:, slots] = (steps * self.hardware.token_period + self.cache.idle).to(self.t_write.device)
+        self.written += t
+        self.uniform += t
+        self.steps += t
 
     def _write(self, y: Tensor, real: Tensor | None, now: float) -> None:
         """Write one token's K and V voltages y (B, Hkv, 2, D) into each real row's next slot (``real`` None: every
