@@ -36,6 +36,14 @@ def decode(model, cache, tokens: int, prompt: torch.Tensor) -> list[float]:
     return times
 
 
+def sdpa_copy(model):
+    """The same weights as plain transformers with SDPA attention and a DynamicCache (the gaincell spec removed)."""
+    ref = copy.deepcopy(model)
+    ref.set_attn_implementation("sdpa")
+    ref._gaincell_spec = None
+    return ref
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -56,9 +64,7 @@ def main() -> None:
     print("| model | batch | new tokens per row | analog cache tok/s | DynamicCache + SDPA tok/s | analog speed / SDPA speed |")
     print("|---|---|---|---|---|---|")
     for name, model, n in models:
-        ref = copy.deepcopy(model)
-        ref.set_attn_implementation("sdpa")
-        ref._gaincell_spec = None
+        ref = sdpa_copy(model)
         for batch in args.batches:
             prompt = torch.randint(0, model.config.vocab_size, (batch, 16))
             analog = sum(decode(model, AnalogKVCache(model), n, prompt))
@@ -69,9 +75,7 @@ def main() -> None:
     print("\n| model | prompt | analog cache prefill ms | DynamicCache + SDPA prefill ms | ratio |")
     print("|---|---|---|---|---|")
     for name, model, _ in models:
-        ref = copy.deepcopy(model)
-        ref.set_attn_implementation("sdpa")
-        ref._gaincell_spec = None
+        ref = sdpa_copy(model)
         length = min(model.config.n_positions, 1024)
         prompt = torch.randint(0, model.config.vocab_size, (1, length))
         with torch.no_grad():

@@ -508,15 +508,7 @@ def block_geometry(
             )
         tile_active = per_block
     return BlockGeometry(
-        first_slot=keys.first_slot,
-        n_key_slots=n_key_slots,
-        n_key_blocks=n_key_blocks,
-        contiguous=keys.contiguous,
-        key_index=keys.key_index,
-        holds_key=keys.holds_key,
-        physical_slot=keys.physical_slot,
-        holds_key_f=keys.holds_key_f,
-        key_decay=keys.key_decay,
+        **vars(keys),
         query_begin=query_begin,
         query_end=query_end,
         query_decay=query_decay(plan, query_begin, query_end, powers, like, last_q if reference is None else reference),
