@@ -29,6 +29,11 @@ def quantize(x: Tensor, lo: float, hi: float, levels: int | None, *, grid: str =
     return torch.round(x / step) * step
 
 
+def readout_step(levels: int | None) -> float:
+    """One level of the readout quantiser on [-1, 1] (published grid: 2 / (levels - 1)); 1 without a quantiser."""
+    return 1.0 if levels is None else 2.0 / (levels - 1)
+
+
 def _convert(x: Tensor, lo: float, hi: float, levels: int | None, offset: float) -> Tensor:
     """The DAC's forward values: clamp, quantise (published grid), subtract the offset; in one new tensor."""
     y = x.clamp(lo, hi)

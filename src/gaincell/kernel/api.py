@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from gaincell.config import HardwareConfig
-from gaincell.dac import dac
+from gaincell.dac import dac, readout_step
 from gaincell.kernel.blocks import AnalogAttentionFunction
 from gaincell.kernel.plan import geometries, make_plan
 from gaincell.noise import cell_variation, make_generator, write_voltages
@@ -162,7 +162,7 @@ def readout_tiles(tile_sums: Tensor, config: HardwareConfig, *, tile_dim: int) -
     holding a key) read out as clamp(A / output_saturation, -1, 1) on the output quantiser, then summed over the tiles
     (kept as a dimension of size 1).  Overwrites ``tile_sums``."""
     cfg = config
-    step = 1.0 if cfg.out_levels is None else 2.0 / (cfg.out_levels - 1)  # computed in units of one step
+    step = readout_step(cfg.out_levels)  # computed in units of one step
     x = tile_sums.mul_(1.0 / cfg.output_saturation / step).clamp_(-1.0 / step, 1.0 / step)
     if cfg.out_levels is not None:
         if cfg.out_quantizer == "exact":

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gaincell.dac import readout_step
 from gaincell.kernel.features import (
     combine_terms,
     decayed_voltages,
@@ -47,18 +48,14 @@ class Buffer(enum.Enum):
     """The workspace's scratch buffers, one per intermediate of a block step (a slot is reused by every block)."""
 
     # forward
-    QUERY_PULSES = enum.auto()  # (c, bq, D) quantised queries (a segment's: (c, Qs, D))
-    QUERY_FEATURES = enum.auto()  # (c, bq, F)
-    DECAYED_KEYS = enum.auto()  # (c, L, D) z of the keys, when it cannot live in the key features
-    KEY_FEATURES = enum.auto()  # (c, L, F)
+    QUERY_PULSES = enum.auto()  # (c, Qs, D) a segment's quantised queries
+    QUERY_FEATURES = enum.auto()  # (c, Qs, F)
+    DECAYED_KEYS = enum.auto()  # (c, Ls, D) z of a segment's keys (Ls slots), when it cannot live in the key features
+    KEY_FEATURES = enum.auto()  # (c, Ls, F)
     SCORES_T = enum.auto()  # (c, L, bq) S^T / S_sat
     PULSES_T = enum.auto()  # (c, L, bq) phi^T, when the scores must be kept
-    DECAYED_VALUES = enum.auto()  # (c, L, D)
-    VALUE_FEATURES = enum.auto()  # (c, L, F)
-    SEGMENT_DECAYED_KEYS = enum.auto()  # (c, Ls, D) over a segment's key slots Ls, shared by its blocks
-    SEGMENT_KEY_FEATURES = enum.auto()  # (c, Ls, F)
-    SEGMENT_DECAYED_VALUES = enum.auto()  # (c, Ls, D)
-    SEGMENT_VALUE_FEATURES = enum.auto()  # (c, Ls, F)
+    DECAYED_VALUES = enum.auto()  # (c, Ls, D)
+    VALUE_FEATURES = enum.auto()  # (c, Ls, F)
     TERM_SUMS_T = enum.auto()  # (c, n_key_blocks, F, bq) M^T per term
     TILE_SUMS = enum.auto()  # (c, n_key_blocks, D, bq) A
     FOLDED_TILE_SUMS = enum.auto()  # (c, n_readouts, D, bq) A with blocks of one tile summed
@@ -133,15 +130,15 @@ class KernelInputs:
         self.head_dim = q.shape[-1]
         self.like = torch.empty(0, dtype=dtype, device=q.device)  # dtype and device of every buffer
 
-    def chunk_variation(self, chunk: HeadChunk, block: BlockGeometry) -> tuple[Tensor | None, ...]:
-        """(K gain, K constant map, V gain, V constant map) of the block's slots, (c, L, D) each; Nones without variation."""
+    def chunk_variation(self, chunk: HeadChunk, slots: KeySlots) -> tuple[Tensor | None, ...]:
+        """(K gain, K constant map, V gain, V constant map) of the slots, (c, L, D) each; Nones without variation."""
         if self.variation is None:
             return (None, None, None, None)
         return tuple(
-            m[chunk.head_begin : chunk.head_end][:, block.physical_slot]
+            m[chunk.head_begin : chunk.head_end][:, slots.physical_slot]
             .unsqueeze(0)
             .expand(chunk.n_batch, -1, -1, -1)
-            .reshape(chunk.size, block.n_key_slots, self.head_dim)
+            .reshape(chunk.size, slots.n_key_slots, self.head_dim)
             for m in self.variation
         )
 
@@ -158,16 +155,19 @@ class SharedFeatures:
     key_features: Tensor  # (c, Ls, F)
     decayed_values: Tensor  # (c, Ls, D)
     value_features: Tensor  # (c, Ls, F)
+    key_gain: Tensor | None  # (c, Ls, D) cell variation of the slots, or None
+    value_gain: Tensor | None
     query_begin: int
     query_pulses: Tensor  # (c, Qs, D) the segment's queries
     query_features: Tensor  # (c, Qs, F)
     scales: list[Tensor]  # per forward term, (Qs,)
 
-    def rows(self, block: BlockGeometry) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(z_k, key features, z_v, value features) of the block's key slots: views, no copy."""
+    def rows(self, block: BlockGeometry) -> tuple[Tensor | None, ...]:
+        """(z_k, key features, z_v, value features, key gain, value gain) of the block's key slots: views, no copy."""
         begin = block.first_slot - self.keys.first_slot
         rows = slice(begin, begin + block.n_key_slots)
-        return self.decayed_keys[:, rows], self.key_features[:, rows], self.decayed_values[:, rows], self.value_features[:, rows]
+        every = (self.decayed_keys, self.key_features, self.decayed_values, self.value_features, self.key_gain, self.value_gain)
+        return tuple(None if t is None else t[:, rows] for t in every)
 
     def queries(self, block: BlockGeometry) -> tuple[Tensor, Tensor, list[Tensor]]:
         """(query pulses, query features, per-term scales) of the block's queries: views, no copy."""
@@ -176,10 +176,10 @@ class SharedFeatures:
 
 
 def shared_features(inputs: KernelInputs, chunk: HeadChunk, segment: Segment) -> SharedFeatures:
-    """The forward features of a segment's queries, keys and values for one head chunk (no cell variation)."""
+    """The forward features of a segment's queries, keys and values for one head chunk."""
     plan, d = inputs.plan, inputs.head_dim
     keys = segment.keys
-    assert keys is not None
+    key_gain, key_constant, value_gain, value_constant = inputs.chunk_variation(chunk, keys)
     terms = plan.forward_terms
     f = plan.feature_width(terms, d)
     c, n_slots, n_queries = chunk.size, keys.n_key_slots, segment.query_end - segment.query_begin
@@ -188,13 +188,13 @@ def shared_features(inputs: KernelInputs, chunk: HeadChunk, segment: Segment) ->
         plan, inputs.q, chunk, segment.query_begin, segment.query_end, inputs.buffer(Buffer.QUERY_PULSES, c, n_queries, d)
     )
     qf = query_features(plan, terms, scales, q, inputs.buffer(Buffer.QUERY_FEATURES, c, n_queries, f), plan.inv_score_saturation)
-    kf = inputs.buffer(Buffer.SEGMENT_KEY_FEATURES, c, n_slots, f)
-    zk = decayed_voltages(plan, inputs.k, chunk, keys, _z_buffer(inputs, Buffer.SEGMENT_DECAYED_KEYS, kf, None))
-    key_features(plan, terms, zk, keys, kf, None, None)
-    vf = inputs.buffer(Buffer.SEGMENT_VALUE_FEATURES, c, n_slots, f)
-    zv = decayed_voltages(plan, inputs.v, chunk, keys, _z_buffer(inputs, Buffer.SEGMENT_DECAYED_VALUES, vf, None))
-    key_features(plan, terms, zv, keys, vf, None, None)
-    return SharedFeatures(keys, zk, kf, zv, vf, segment.query_begin, q, qf, scales)
+    kf = inputs.buffer(Buffer.KEY_FEATURES, c, n_slots, f)
+    zk = decayed_voltages(plan, inputs.k, chunk, keys, _z_buffer(inputs, Buffer.DECAYED_KEYS, kf, key_gain))
+    key_features(plan, terms, zk, keys, kf, key_gain, key_constant)
+    vf = inputs.buffer(Buffer.VALUE_FEATURES, c, n_slots, f)
+    zv = decayed_voltages(plan, inputs.v, chunk, keys, _z_buffer(inputs, Buffer.DECAYED_VALUES, vf, value_gain))
+    key_features(plan, terms, zv, keys, vf, value_gain, value_constant)
+    return SharedFeatures(keys, zk, kf, zv, vf, key_gain, value_gain, segment.query_begin, q, qf, scales)
 
 
 @dataclass(slots=True)
@@ -252,23 +252,6 @@ def _add_read_noise(
     x.addcmul_(noise, std)
 
 
-def readout_step(plan: KernelPlan) -> float:
-    """One level of the readout quantiser, in units of the output saturation (1 without quantiser)."""
-    return 1.0 if plan.out_levels is None else 2.0 / (plan.out_levels - 1)
-
-
-def _key_blocks(x: Tensor, n_blocks: int, array_size: int) -> Tensor:
-    """(c, L, F) -> (c, n_blocks, array_size, F), a view (also of a segment's rows)."""
-    c, _, f = x.shape
-    return (
-        x.unflatten(1, (n_blocks, array_size))
-        if x.is_contiguous()
-        else x.as_strided(
-            (c, n_blocks, array_size, f), (x.stride(0), array_size * x.stride(1), x.stride(1), x.stride(2)), x.storage_offset()
-        )
-    )
-
-
 def _per_key_block_matmul(x: Tensor, y: Tensor, out: Tensor) -> Tensor:
     """out = x @ y over the batch dimensions (c, n_blocks).  When x is a view into a segment's rows its two batch
     strides cannot merge into one, and ``torch.matmul`` would copy it: then one product per chunk row instead."""
@@ -286,26 +269,18 @@ def forward_block(
     noise_gen: torch.Generator | None,
     *,
     keep: bool,
-    shared: SharedFeatures | None = None,
+    shared: SharedFeatures,
 ) -> ForwardState:
     """Both arrays for one (head chunk, query block).  ``keep``: leave the scores and tile sums intact for the backward;
-    ``shared``: the segment's key and value features (else the block computes its own)."""
+    ``shared``: the features of the block's segment (:func:`shared_features`)."""
     plan, d = inputs.plan, inputs.head_dim
     c, bq, n_slots, n_blocks, a = chunk.size, block.n_queries, block.n_key_slots, block.n_key_blocks, plan.array_size
     buf = inputs.buffer
     terms = plan.forward_terms
     f = plan.feature_width(terms, d)
-    key_gain, key_constant, value_gain, value_constant = inputs.chunk_variation(chunk, block)
-    if shared is not None:
-        q, qf, scales = shared.queries(block)
-        zk, kf, zv, vf = shared.rows(block)
-    else:
-        scales = query_scales(terms, block.query_decay)
-        q = query_pulses(plan, inputs.q, chunk, block.query_begin, block.query_end, buf(Buffer.QUERY_PULSES, c, bq, d))
-        qf = query_features(plan, terms, scales, q, buf(Buffer.QUERY_FEATURES, c, bq, f), plan.inv_score_saturation)
-        kf = buf(Buffer.KEY_FEATURES, c, n_slots, f)
-        zk = decayed_voltages(plan, inputs.k, chunk, block, _z_buffer(inputs, Buffer.DECAYED_KEYS, kf, key_gain))
-        key_features(plan, terms, zk, block, kf, key_gain, key_constant)
+    q, qf, scales = shared.queries(block)
+    zk, kf, zv, vf, key_gain, value_gain = shared.rows(block)
+    assert zk is not None and kf is not None and zv is not None and vf is not None
     # first array: S^T / S_sat = Kf Qf^T  (c, L, bq), then read noise, HardSigmoid, window
     scores_t = torch.matmul(kf, qf.transpose(-1, -2), out=buf(Buffer.SCORES_T, c, n_slots, bq))
     if plan.read_noise_score > 0 or plan.read_noise_relative is not None:
@@ -319,17 +294,13 @@ def forward_block(
     pulses_t = torch.clamp(scores_t, 0.0, 1.0, out=buf(Buffer.PULSES_T, c, n_slots, bq)) if keep else scores_t.clamp_(0.0, 1.0)
     _apply_window_mask(block, pulses_t)
     # second array, per array-sized block of keys: M^T_b = Vf_b^T phi^T_b  (c, n_blocks, F, bq)
-    if shared is None:
-        vf = buf(Buffer.VALUE_FEATURES, c, n_slots, f)
-        zv = decayed_voltages(plan, inputs.v, chunk, block, _z_buffer(inputs, Buffer.DECAYED_VALUES, vf, value_gain))
-        key_features(plan, terms, zv, block, vf, value_gain, value_constant)
     term_sums_t = _per_key_block_matmul(
-        _key_blocks(vf, n_blocks, a).transpose(-1, -2),
+        vf.unflatten(1, (n_blocks, a)).transpose(-1, -2),
         pulses_t.view(c, n_blocks, a, bq),
         buf(Buffer.TERM_SUMS_T, c, n_blocks, f, bq),
     )
     # tile sums A, in units of one readout step: A / A_sat / step (the scale rides on the per-query term factors)
-    step = readout_step(plan)
+    step = readout_step(plan.out_levels)
     scale = plan.inv_output_saturation / step
     tile_sums = combine_terms(plan, terms, scales, term_sums_t, d, -2, buf(Buffer.TILE_SUMS, c, n_blocks, d, bq), factor=scale)
     if block.tile_of_key_block is not None:  # blocks W apart share a physical tile: sum them before the readout
@@ -374,7 +345,7 @@ def backward_block(
     block: BlockGeometry,
     grad_t: Tensor,
     noise_gen: torch.Generator | None,
-    shared: SharedFeatures | None = None,
+    shared: SharedFeatures | None,
     kept: ForwardState | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (dq (c, bq, D), dyk (c, L, D), dyv (c, L, D)) of one block, recomputing its forward unless ``kept``.
@@ -385,10 +356,12 @@ def backward_block(
     plan, d = inputs.plan, inputs.head_dim
     c, bq, n_slots, n_blocks, a = chunk.size, block.n_queries, block.n_key_slots, block.n_key_blocks, plan.array_size
     buf = inputs.buffer
+    if kept is None:
+        assert shared is not None
     s = kept if kept is not None else forward_block(inputs, chunk, block, noise_gen, keep=True, shared=shared)
     # readout: straight-through quantiser, clamp gradient of each tile's saturation
     tile_sums = s.tile_sums  # in readout steps
-    limit = 1.0 / readout_step(plan)
+    limit = 1.0 / readout_step(plan.out_levels)
     grad_tiles = buf(Buffer.GRAD_TILE_SUMS, *tile_sums.shape)
     torch.abs(tile_sums, out=grad_tiles).le_(limit).mul_(grad_t[:, None] * plan.inv_output_saturation)
     if block.tile_active is not None:
@@ -413,7 +386,7 @@ def backward_block(
     grad_terms = extend_grad_to_terms(plan, terms, scales, grad_blocks, buf(Buffer.GRAD_TERM_SUMS, c, n_blocks, fb, bq))
     # second array: M^T_b = Vf_b^T phi^T_b  ->  dphi^T_b = Vf_b dM^T_b,  dVf_b = phi^T_b dM^T_b^T
     grad_pulses_t = _per_key_block_matmul(
-        _key_blocks(vfb, n_blocks, a), grad_terms, buf(Buffer.GRAD_PULSES_T, c, n_blocks, a, bq)
+        vfb.unflatten(1, (n_blocks, a)), grad_terms, buf(Buffer.GRAD_PULSES_T, c, n_blocks, a, bq)
     ).view(c, n_slots, bq)
     grad_vf = torch.matmul(
         s.pulses_t.view(c, n_blocks, a, bq),
@@ -508,7 +481,7 @@ class AnalogAttentionFunction(torch.autograd.Function):
             for chunk in head_chunks(plan, n_batch, n_heads):
                 if plan.keep_forward:
                     inputs = KernelInputs(plan, q, k, v, variation, dtype, Workspace())
-                shared = None if segment.keys is None else shared_features(inputs, chunk, segment)
+                shared = shared_features(inputs, chunk, segment)
                 for block in segment.blocks:
                     state = forward_block(inputs, chunk, block, noise_gen, keep=plan.keep_forward, shared=shared)
                     chunk.of(out)[:, :, block.query_begin : block.query_end] = state.output.view(
@@ -539,7 +512,7 @@ class AnalogAttentionFunction(torch.autograd.Function):
             _backward_into(inputs, chunk, block, grad, (dq, dk, dv), noise_gen, None, state)
         for segment in () if plan.keep_forward else segments(plan, inputs.like):
             for chunk in head_chunks(plan, n_batch, n_heads):
-                shared = None if segment.keys is None else shared_features(inputs, chunk, segment)
+                shared = shared_features(inputs, chunk, segment)
                 for block in segment.blocks:
                     _backward_into(inputs, chunk, block, grad, (dq, dk, dv), noise_gen, shared, None)
         # straight-through quantisers: the gradient passes where the input was inside the DAC range

@@ -227,8 +227,8 @@ def make_plan(
         forward_width,
         backward_width,
         backward=backward,
-        feature_rows=None if variation else segment_slots,
-        query_rows=None if variation else segment_queries,
+        feature_rows=segment_slots,
+        query_rows=segment_queries,
     )
     bytes_per_head = elements * element_bytes
     forward_elements = (
@@ -381,11 +381,10 @@ class Segment:
     """Consecutive query blocks that share one decay reference (their last query) and one set of key slots.
 
     ``keys`` covers every block's slots (block b reads rows [b.first_slot - keys.first_slot, + b.n_key_slots)), so the
-    key and value features can be computed once for the segment; None when each block computes its own (cell
-    variation, whose gains are per block).
+    key and value features are computed once for the segment.
     """
 
-    keys: KeySlots | None
+    keys: KeySlots
     blocks: list[BlockGeometry]
     query_begin: int
     query_end: int
@@ -533,7 +532,7 @@ def segments(plan: KernelPlan, like: Tensor) -> Iterator[Segment]:
     for group in segment_blocks(plan):
         begin, end = group[0][0], group[-1][1]
         reference = plan.query_start + end - 1
-        keys = None if plan.variation else key_slots(plan, begin, end, powers, like, reference)
+        keys = key_slots(plan, begin, end, powers, like, reference)
         blocks = [block_geometry(plan, b, e, powers, like, reference) for b, e in group]
         yield Segment(keys, blocks, begin, end, query_decay(plan, begin, end, powers, like, reference))
 
