@@ -142,7 +142,8 @@ class AnalogCacheLayer(CacheLayerMixin):
         self.uniform = counts[0] if counts and min(counts) == max(counts) else None
 
     # --------------------------------------------------------------- the analog arrays
-    def now(self, step: int) -> float:
+    def now(self, step: Any) -> Any:
+        """Simulated time (s) of token step ``step`` (an int, or a float64 tensor of steps)."""
         return step * self.hardware.token_period + self.cache.idle
 
     def _voltages(self, key: Tensor, value: Tensor, maps: Any) -> Tensor:
@@ -226,8 +227,7 @@ class AnalogCacheLayer(CacheLayerMixin):
         kept = torch.arange(max(0, t - w), t, device=y.device)  # earlier tokens of the run are overwritten within it
         slots = (kept + self.uniform) % w
         self.powers[:, :, :, slots] = y[:, :, :, kept, None, :].pow(self.exponents[:, None])
-        steps = (kept + self.steps).to(torch.float64)
-        self.t_write[:, slots] = (steps * self.hardware.token_period + self.cache.idle).to(self.t_write.device)
+        self.t_write[:, slots] = self.now((kept + self.steps).to(torch.float64))  # each token's own step
         self.written += t
         self.uniform += t
         self.steps += t
