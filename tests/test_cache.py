@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -51,8 +52,8 @@ def gpt2(seed=0, positions=128, dtype=torch.float64):
     return GPT2LMHeadModel(cfg).to(dtype).eval()
 
 
-def _decode(model, x, prefill):
-    cache = AnalogKVCache(model)
+def _decode(model, x, prefill, compiled=None):
+    cache = AnalogKVCache(model, compiled=compiled)
     outs = [model(input_ids=x[:, :prefill], cache=cache, use_cache=True).logits]
     for t in range(prefill, x.shape[1]):
         outs.append(model(input_ids=x[:, t : t + 1], cache=cache, use_cache=True).logits)
@@ -107,35 +108,44 @@ def test_a_prompt_longer_than_the_window_is_written_as_token_by_token_writes_lea
         {"window": 20, "array_size": 8},  # a partial last array: the cache reads through the kernel instead
     ],
 )
-def test_a_decoding_step_reads_the_stored_powers_exactly(changes, monkeypatch):
+@pytest.mark.parametrize("compiled", [False, True], ids=["tensors", "compiled"])
+def test_a_decoding_step_reads_the_stored_powers_exactly(changes, compiled, monkeypatch):
     """The cache's decoding step reads sum_p g_p e^p (q . y^p) from stored powers: equal to the parallel kernel for a
     batch of grouped-query rows, through the first partly filled arrays and past several ring wraps; and it is the
-    path taken whenever the reads are quiet and the window is a whole number of arrays."""
+    path taken whenever the reads are quiet and the window is a whole number of arrays — as tensor operations
+    (``_read_expanded``) or as one compiled call per layer (``_compiled_step``, decode_step.c)."""
     from gaincell.cache import AnalogCacheLayer
 
     hw = HW.replace(**changes)
     expanded = hw.window % hw.array_size == 0
     calls = []
-    original = AnalogCacheLayer._read_expanded
-    monkeypatch.setattr(AnalogCacheLayer, "_read_expanded", lambda self, *a: calls.append(1) or original(self, *a))
+    path = "_compiled_step" if compiled else "_read_expanded"
+    original = getattr(AnalogCacheLayer, path)
+    monkeypatch.setattr(AnalogCacheLayer, path, lambda self, *a: calls.append(1) or original(self, *a))
     model = active(convert(llama(), hw))  # 4 query heads on 2 key/value heads
     x = torch.randint(1, V, (3, 70))  # 3 rows; 70 tokens through a 20- or 24-slot ring
     ref = model(input_ids=x, use_cache=False).logits
-    got, _ = _decode(model, x, prefill=3)  # decoding starts inside the first array
+    got, _ = _decode(model, x, prefill=3, compiled=compiled)  # decoding starts inside the first array
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
     assert len(calls) == (2 * 67 if expanded else 0)  # 2 layers x 67 decoding steps
 
 
 def test_noisy_reads_and_padded_rows_decode_through_the_kernel(monkeypatch):
-    """Read noise or cell variation, or rows with different numbers of written slots, leave the expanded read."""
+    """Read noise or cell variation, or rows with different numbers of written slots, leave the expanded read and
+    the compiled step (which needs every row on the same slot)."""
     from gaincell.cache import AnalogCacheLayer
 
-    calls = []
+    calls, compiled_calls = [], []
     original = AnalogCacheLayer._read_expanded
     monkeypatch.setattr(AnalogCacheLayer, "_read_expanded", lambda self, *a: calls.append(1) or original(self, *a))
+    compiled_step = AnalogCacheLayer._compiled_step
+    monkeypatch.setattr(AnalogCacheLayer, "_compiled_step", lambda self, *a: compiled_calls.append(1) or compiled_step(self, *a))
     for hw in (HW.replace(read_noise_output=0.01), HW.replace(cell_gain_variation=0.05)):
         _decode(convert(llama(), hw), torch.randint(1, V, (1, 12)), prefill=4)
-    assert calls == []
+    assert calls == [] and compiled_calls == []
+    _decode(convert(llama(), HW.replace(write_noise=0.01)), torch.randint(1, V, (1, 12)), prefill=4)
+    assert len(calls) == 2 * 8 and compiled_calls == []  # write noise: exact reads, written by the tensor path
+    calls.clear()
     model = active(convert(llama(), HW))
     cache = AnalogKVCache(model)
     batch, mask = torch.randint(1, V, (2, 6)), torch.ones(2, 6, dtype=torch.long)
@@ -145,6 +155,47 @@ def test_noisy_reads_and_padded_rows_decode_through_the_kernel(monkeypatch):
         mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
         model(input_ids=torch.randint(1, V, (2, 1)), attention_mask=mask, cache=cache, use_cache=True)
     assert len(calls) == 2 * (30 - 19)  # the expanded read once both rows' rings are full (t >= 19)
+    assert compiled_calls == []
+
+
+def test_compiled_steps_leave_the_ring_as_tensor_steps_do_and_decode_the_same_tokens():
+    """float32, the paper preset's quantisers: the compiled step writes the same stored powers and times as the tensor
+    path (to rounding: its powers are products, the tensor path's are pow) and decodes the same greedy tokens with
+    logits equal to float32 rounding; a slot is never read before it is written."""
+    model = active(convert(llama(dtype=torch.float32), HW))
+    x = torch.randint(1, V, (2, 60))
+    got, compiled = _decode(model, x, prefill=5, compiled=True)
+    ref, tensors = _decode(model, x, prefill=5, compiled=False)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    for a, b in zip(compiled.layers, tensors.layers, strict=True):
+        torch.testing.assert_close(a.powers, b.powers, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a.t_write, b.t_write) and torch.equal(a.written, b.written)
+        assert (a.uniform, a.steps) == (b.uniform, b.steps) == (60, 60)
+
+
+def test_compiled_step_needs_a_compiler_and_says_so(monkeypatch, tmp_path):
+    """Without a C compiler: compiled=True is an error naming the reason, the default decodes with tensor operations
+    and warns, compiled=False says nothing; all three decode the same logits."""
+    from gaincell import native
+
+    monkeypatch.setenv("CC", "no-such-compiler-gaincell")
+    monkeypatch.setenv("GAINCELL_NATIVE_DIR", str(tmp_path))
+    native._load.cache_clear()
+    try:
+        model = active(convert(llama(), HW))
+        x = torch.randint(1, V, (1, 8))
+        with pytest.raises(GaincellError, match="no C compiler: 'no-such-compiler-gaincell'"):
+            _decode(model, x, prefill=4, compiled=True)
+        with pytest.warns(RuntimeWarning, match="tensor operations"):
+            default, _ = _decode(model, x, prefill=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tensors, _ = _decode(model, x, prefill=4, compiled=False)
+        assert torch.equal(default, tensors)
+    finally:
+        native._load.cache_clear()
+    assert not list(tmp_path.iterdir())  # nothing half-built left behind
 
 
 def test_float32_decoding_within_float32_tolerance_and_same_greedy_tokens():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from gaincell.config import HardwareConfig
 from gaincell.errors import GaincellError
 from gaincell.families import position_limit
 from gaincell.kernel import analog_attention, dac, readout_tiles
+from gaincell.native import MAP_NAMES, DecodeParams, NativeUnavailable, decode_function, run_decode_step, step_params
 from gaincell.noise import make_write_generator, write_voltages
 
 __all__ = ["AnalogKVCache"]
@@ -60,6 +62,8 @@ class AnalogCacheLayer(CacheLayerMixin):
         self.steps = 0  # token steps processed (padding included): the next token's position
         self.pending: tuple[Tensor, Tensor] | None = None
         self.last_refresh = 0.0
+        self.static_step_ok: bool | None = None  # the step-independent conditions of the compiled decode step
+        self.step_params: DecodeParams | None = None  # its parameters, built once
 
     @property
     def yk(self) -> Tensor | None:
@@ -120,6 +124,8 @@ class AnalogCacheLayer(CacheLayerMixin):
         self.steps = 0
         self.pending = None
         self.last_refresh = 0.0
+        self.static_step_ok = None
+        self.step_params = None
         self.is_initialized = False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -166,10 +172,14 @@ class AnalogCacheLayer(CacheLayerMixin):
         key, value = self.pending
         self.pending = None
         with torch.no_grad():
+            tq = query.shape[2]
+            decoding = tq == 1 and self.steps > 0 and (padding is None or bool(padding[:, -1].all()))  # every row decodes
+            if decoding and self._compiled_step_applies(query, key, value, maps):
+                return self._compiled_step(query, key, value, maps)
             q = (query * maps.q_scale.view(1, -1, 1, 1) + maps.q_bias.view(1, -1, 1, 1)).to(self.powers.dtype)
             y = self._voltages(key, value, maps)  # (B, Hkv, 2, Tq, D)
             b, h, tq, d = q.shape
-            if tq == 1 and self.steps > 0 and (padding is None or bool(padding[:, -1].all())):  # every row decodes
+            if decoding:
                 return self._decode_step(q, y[:, :, :, 0], maps).to(query.dtype)
             real = torch.ones(b, tq, dtype=torch.bool, device=q.device) if padding is None else padding[:, -tq:].bool()
             out = q.new_zeros(b, h, tq, d)
@@ -179,6 +189,54 @@ class AnalogCacheLayer(CacheLayerMixin):
                 for t in range(tq):
                     self._decode_one(q[:, :, t : t + 1], y[:, :, :, t], real[:, t], out[:, :, t : t + 1], maps)
         return out.to(query.dtype)
+
+    def _compiled_step_applies(self, query: Tensor, key: Tensor, value: Tensor, maps: Any) -> bool:
+        """Whether this decoding step can run as one compiled call (:mod:`gaincell.native`): every row holds the same
+        slots, the reads and writes are exact (no noise, no cell variation), the window is a whole number of arrays,
+        and the step's tensors are on the CPU in the ring's dtype with unit stride over the head dimension."""
+        if self.uniform is None:
+            return False
+        if self.static_step_ok is None:
+            hw, dtype = self.hardware, self.powers.dtype  # type: ignore[union-attr]
+            self.static_step_ok = (
+                hw.write_noise == 0
+                and hw.reads_exactly
+                and hw.window % hw.array_size == 0
+                and self.device.type == "cpu"
+                and all(getattr(maps, name).dtype == dtype for name in MAP_NAMES)
+                and self.cache.compiled_step(dtype) is not None
+            )
+        dtype = self.powers.dtype  # type: ignore[union-attr]
+        return self.static_step_ok and all(t.dtype == dtype and t.stride(3) == 1 for t in (query, key, value))
+
+    def _compiled_step(self, query: Tensor, key: Tensor, value: Tensor, maps: Any) -> Tensor:
+        """The write of :meth:`_write` and the read of :meth:`_read_expanded` as one compiled call (decode_step.c)."""
+        assert self.powers is not None and self.t_write is not None and self.written is not None
+        assert self.uniform is not None
+        hw = self.hardware
+        now = self.now(self.steps)
+        if self.cache.refresh_period is not None:
+            self._refresh_until(now)
+        if self.step_params is None:
+            self.step_params = step_params(hw, query.shape[1], self.powers.shape)
+        out = run_decode_step(
+            self.cache.compiled_step(query.dtype),
+            self.step_params,
+            slot=self.uniform % hw.window,
+            slots=min(self.uniform + 1, hw.window),
+            now=now,
+            query=query,
+            key=key,
+            value=value,
+            maps=maps,
+            poly=self.gains,
+            powers=self.powers,
+            t_write=self.t_write,
+        )
+        self.written += 1
+        self.uniform += 1
+        self.steps += 1
+        return out
 
     def _groups(self, h: int) -> int:
         return h // self.powers.shape[1]  # type: ignore[union-attr]
@@ -411,6 +469,11 @@ class AnalogKVCache(Cache):
         refresh: ``"none"`` or ``"periodic"``.
         refresh_period: seconds between refreshes (``"periodic"`` only).
         hardware: override the model's hardware config (e.g. another retention time or token period).
+        compiled: run each exact decoding step as one compiled C call per layer (:mod:`gaincell.native`, built on
+            first use with the system C compiler; same values up to the order of floating-point sums).  ``None``
+            (default): when it can be built, else the tensor path with a warning saying why; ``True``: required (an
+            error if it cannot be built); ``False``: always the tensor path.  Steps with noise, cell variation,
+            padded rows or a window that is not a whole number of arrays take the tensor path in every case.
     """
 
     def __init__(
@@ -420,6 +483,7 @@ class AnalogKVCache(Cache):
         refresh: str = "none",
         refresh_period: float | None = None,
         hardware: HardwareConfig | None = None,
+        compiled: bool | None = None,
     ):
         spec = hardware or attention_spec(model)
         if not isinstance(spec, HardwareConfig):
@@ -436,6 +500,9 @@ class AnalogKVCache(Cache):
         self.layer_hardware = {i: layer_spec(spec, m.model_window) for i, m in self.maps.items()}
         self.n_layers = len(attention_layers(model))
         self.refresh_period = refresh_period if refresh == "periodic" else None
+        if compiled not in (None, True, False):
+            raise GaincellError(f"compiled must be None, True or False, got {compiled!r}")
+        self.compiled = compiled
         self.refresh_writes = 0
         self.idle = 0.0
         self._gen: torch.Generator | None = None
@@ -452,6 +519,20 @@ class AnalogKVCache(Cache):
     def time(self) -> float:
         """Simulated hardware time of the next token (s)."""
         return self.layers[0].now(self.layers[0].steps) if self.layers else self.idle
+
+    def compiled_step(self, dtype: torch.dtype) -> Any:
+        """The compiled decode step for ``dtype`` (see ``compiled``), or None for the tensor path."""
+        if self.compiled is False:
+            return None
+        try:
+            return decode_function(dtype)
+        except NativeUnavailable as exc:
+            if self.compiled:
+                raise GaincellError(f"AnalogKVCache(compiled=True): {exc}") from exc
+            warnings.warn(
+                f"AnalogKVCache decodes with tensor operations (same values, slower): {exc}", RuntimeWarning, stacklevel=2
+            )
+            return None
 
     def write_generator(self, device: torch.device) -> torch.Generator:
         if self._gen is None:

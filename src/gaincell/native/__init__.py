@@ -1,0 +1,216 @@
+"""Compiled pieces of gaincell: the analog KV cache's decoding step in C (``decode_step.c``), built on first use.
+
+A decoding step of a small model is dominated by per-operation overhead (dozens of tensor calls per layer, each a few
+microseconds for a few hundred multiplications), which no rearrangement of tensor calls removes; one C call per layer
+does.  The library is compiled with the system C compiler (``$CC``, else ``cc``) into ``$GAINCELL_NATIVE_DIR`` (default
+``~/.cache/gaincell/native``), named by a hash of the source and flags, written atomically, and loaded with ctypes.
+No Python headers, no PyTorch headers: a plain C function over raw buffers, so the build takes about a second.
+
+:func:`decode_function` returns the compiled function or raises :class:`NativeUnavailable` saying why (no compiler, a
+compile error); the cache decides what to do with that (see :class:`gaincell.cache.AnalogKVCache`'s ``compiled``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gaincell.config import HardwareConfig
+from gaincell.dac import readout_step
+
+__all__ = ["MAP_NAMES", "DecodeParams", "NativeUnavailable", "decode_function", "run_decode_step", "step_params"]
+
+MAP_NAMES = ("q_scale", "q_bias", "k_scale", "k_bias", "v_scale", "v_bias")  # the per-head maps, in the C call's order
+_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-ffp-contract=off")
+_REALS = {torch.float32: "float", torch.float64: "double"}
+
+
+class NativeUnavailable(RuntimeError):
+    """The compiled decode step could not be built or loaded; the message says why."""
+
+
+class DecodeParams(ctypes.Structure):
+    """The C struct ``decode_params`` of ``decode_step.c`` (same fields, same order)."""
+
+    _fields_ = [
+        (name, ctypes.c_int64)
+        for name in (
+            "batch",
+            "heads",
+            "kv_heads",
+            "head_dim",
+            "window",
+            "terms",
+            "array_size",
+            "slot",
+            "slots",
+            "q_batch_stride",
+            "q_head_stride",
+            "k_batch_stride",
+            "k_head_stride",
+            "v_batch_stride",
+            "v_head_stride",
+            "leaks",
+            "kv_quantise",
+            "q_quantise",
+            "out_quantise",
+            "out_exact_grid",
+        )
+    ] + [
+        (name, ctypes.c_double)
+        for name in (
+            "now",
+            "tau",
+            "kv_max",
+            "kv_step",
+            "kv_offset",
+            "q_step",
+            "score_scale",
+            "out_scale",
+            "out_limit",
+            "out_step",
+        )
+    ]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GAINCELL_NATIVE_DIR") or Path.home() / ".cache" / "gaincell" / "native")
+
+
+def _build(source: bytes, real: str) -> Path:
+    """Compile ``source`` with REAL = ``real`` into the cache folder (once per source and flags); returns the path."""
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise NativeUnavailable(f"no C compiler: {compiler!r} is not on PATH (set CC, or install gcc / clang)")
+    flags = (*_FLAGS, f"-DREAL={real}")
+    digest = hashlib.sha256(source + " ".join((compiler, *flags)).encode()).hexdigest()[:16]
+    folder = _cache_dir()
+    target = folder / f"decode_step_{real}_{digest}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        src = Path(tmp) / "decode_step.c"
+        src.write_bytes(source)
+        built = Path(tmp) / target.name
+        run = subprocess.run([compiler, *flags, str(src), "-o", str(built), "-lm"], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise NativeUnavailable(f"compiling decode_step.c with {compiler} failed:\n{run.stderr.strip()}")
+        os.replace(built, target)  # atomic: concurrent builders each write a whole file
+    return target
+
+
+def decode_function(dtype: torch.dtype) -> ctypes._CFuncPtr:
+    """The compiled decode step for ``dtype`` (float32 or float64), built on first use; raises
+    :class:`NativeUnavailable` with the reason when it cannot be built or loaded (every call, without retrying).
+
+    Called as ``fn(ctypes.byref(params), query, key, value, q_scale, q_bias, k_scale, k_bias, v_scale, v_bias, poly,
+    powers, t_write, out)`` with data pointers (see ``decode_step.c``); returns 0, or 1 when out of memory.
+    """
+    loaded = _load(dtype)
+    if isinstance(loaded, NativeUnavailable):
+        raise loaded
+    return loaded
+
+
+@functools.cache
+def _load(dtype: torch.dtype) -> ctypes._CFuncPtr | NativeUnavailable:
+    if dtype not in _REALS:
+        return NativeUnavailable(f"the compiled decode step handles float32 and float64, not {dtype}")
+    real = _REALS[dtype]
+    source = resources.files("gaincell.native").joinpath("decode_step.c").read_bytes()
+    try:
+        lib = ctypes.CDLL(str(_build(source, real)))
+    except NativeUnavailable as exc:
+        return exc
+    except OSError as exc:
+        return NativeUnavailable(f"loading the compiled decode step failed: {exc}")
+    fn = getattr(lib, f"gaincell_decode_step_{real}")
+    fn.argtypes = [ctypes.POINTER(DecodeParams)] + [ctypes.c_void_p] * 13
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def step_params(hw: HardwareConfig, heads: int, powers_shape: torch.Size) -> DecodeParams:
+    """The step-independent parameters of the compiled step for ring buffers of ``powers_shape`` (batch, kv heads, 2,
+    window, terms, head dim), with every constant computed in Python floats as the tensor path passes it to PyTorch."""
+    batch, kv_heads, _, window, terms, head_dim = powers_shape
+    step = readout_step(hw.out_levels)
+    return DecodeParams(
+        batch=batch,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        window=window,
+        terms=terms,
+        array_size=hw.array_size,
+        leaks=int(not math.isinf(hw.retention_time)),
+        kv_quantise=int(hw.kv_levels is not None),
+        q_quantise=int(hw.q_levels is not None),
+        out_quantise=int(hw.out_levels is not None),
+        out_exact_grid=int(hw.out_quantizer == "exact"),
+        tau=hw.retention_time,
+        kv_max=hw.kv_max,
+        kv_step=hw.kv_max / (hw.kv_levels - 1) if hw.kv_levels is not None else 0.0,
+        kv_offset=hw.kv_offset,
+        q_step=1.0 / (hw.q_levels - 1) if hw.q_levels is not None else 0.0,
+        score_scale=1.0 / hw.score_saturation,
+        out_scale=1.0 / hw.output_saturation / step,
+        out_limit=1.0 / step,
+        out_step=step,
+    )
+
+
+def run_decode_step(
+    fn: ctypes._CFuncPtr,
+    params: DecodeParams,
+    *,
+    slot: int,
+    slots: int,
+    now: float,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    maps: Any,
+    poly: Tensor,
+    powers: Tensor,
+    t_write: Tensor,
+) -> Tensor:
+    """One compiled step: write ``key``/``value`` (B, Hkv, 1, D) into ring slot ``slot`` of ``powers`` and ``t_write``
+    (in place) at time ``now``, read ``query`` (B, H, 1, D) against the first ``slots`` slots; returns (B, H, 1, D).
+
+    ``maps`` holds the per-head (scale, bias) of q, k, v as :data:`MAP_NAMES`; ``poly`` is the cell polynomial.  Every tensor is on the CPU
+    in one dtype with unit stride over D; ``powers`` and ``t_write`` are contiguous (the caller checks).
+    """
+    params.slot, params.slots, params.now = slot, slots, now
+    params.q_batch_stride, params.q_head_stride = query.stride(0), query.stride(1)
+    params.k_batch_stride, params.k_head_stride = key.stride(0), key.stride(1)
+    params.v_batch_stride, params.v_head_stride = value.stride(0), value.stride(1)
+    b, h, _, d = query.shape
+    out = torch.empty(b, h, 1, d, dtype=query.dtype)
+    status = fn(
+        ctypes.byref(params),
+        query.data_ptr(),
+        key.data_ptr(),
+        value.data_ptr(),
+        *(getattr(maps, name).data_ptr() for name in MAP_NAMES),
+        poly.data_ptr(),
+        powers.data_ptr(),
+        t_write.data_ptr(),
+        out.data_ptr(),
+    )
+    if status != 0:
+        raise MemoryError("the compiled decode step could not allocate its scratch memory")
+    return out
