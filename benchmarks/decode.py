@@ -3,7 +3,9 @@
     python benchmarks/decode.py [--threads 2] [--tokens 256] [--batches 1 8]
 
 Greedy decoding after a 16-token prompt, batch 1 and batch 8 (tokens/s counts every row's tokens): the shipped
-Shakespeare nonlinear model, and a GPT-2-small-shaped model (random weights) converted to the paper preset.  Then the per-token cost against position for a Llama-shaped
+Shakespeare nonlinear model, and a GPT-2-small-shaped model (random weights) converted to the paper preset; the
+analog cache with its compiled decoding step (the default where a C compiler exists) and with the tensor path, and
+the SDPA model, run in turn (median of 5 or 3 runs after a warm-up each).  Then the per-token cost against position for a Llama-shaped
 model (RoPE, window 256): flat once the ring is full (O(window), not O(tokens so far)).  Also the prefill of a
 whole-context prompt (1 x 128 for the shipped model, 1 x 1024 for the GPT-2-shaped one), writing the cache.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 
 import torch
@@ -36,6 +39,18 @@ def decode(model, cache, tokens: int, prompt: torch.Tensor) -> list[float]:
     return times
 
 
+def paired_decode_times(caches, models, tokens: int, prompt: torch.Tensor, repeats: int) -> list[float]:
+    """Median total per-token time of each (cache factory, model) pair's decoding, the pairs run in turn (a, b, c, a,
+    b, c, ...) after one warm-up run each, so that a machine whose speed drifts slows every side alike."""
+    runs: list[list[float]] = [[] for _ in caches]
+    for i in range(repeats + 1):
+        for make, model, out in zip(caches, models, runs, strict=True):
+            total = sum(decode(model, make(), tokens, prompt))
+            if i:  # the first round warms up
+                out.append(total)
+    return [statistics.median(r) for r in runs]
+
+
 def sdpa_copy(model):
     """The same weights as plain transformers with SDPA attention and a DynamicCache (the gaincell spec removed)."""
     ref = copy.deepcopy(model)
@@ -56,25 +71,37 @@ def main() -> None:
     try:
         from gaincell.hub import load
 
-        models.append(("shakespeare-nonlinear (4 x 128)", load("shakespeare-nonlinear"), min(args.tokens, 100)))
+        models.append(("shakespeare-nonlinear (4 x 128)", load("shakespeare-nonlinear"), min(args.tokens, 100), 5))
     except Exception as exc:
         print(f"(shipped model skipped: {exc})")
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)).eval()
-    models.append(("GPT-2-small-shaped, paper", convert(gpt2, "paper"), args.tokens))
-    print("| model | batch | new tokens per row | analog cache tok/s | DynamicCache + SDPA tok/s | analog speed / SDPA speed |")
-    print("|---|---|---|---|---|---|")
-    for name, model, n in models:
+    models.append(("GPT-2-small-shaped, paper", convert(gpt2, "paper"), args.tokens, 3))
+    print(
+        "| model | batch | new tokens per row | analog cache tok/s | same, tensor path (compiled=False) tok/s "
+        "| DynamicCache + SDPA tok/s | analog speed / SDPA speed | tensor path / SDPA |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, model, n, repeats in models:
         ref = sdpa_copy(model)
         for batch in args.batches:
             prompt = torch.randint(0, model.config.vocab_size, (batch, 16))
-            analog = sum(decode(model, AnalogKVCache(model), n, prompt))
-            digital = sum(decode(ref, DynamicCache(config=ref.config), n, prompt))
-            speeds = f"{batch * n / analog:.1f} | {batch * n / digital:.1f} | {digital / analog:.2f}x"
-            print(f"| {name} | {batch} | {n} | {speeds} |", flush=True)
+            compiled, tensors, digital = paired_decode_times(
+                [
+                    lambda: AnalogKVCache(model, compiled=True),
+                    lambda: AnalogKVCache(model, compiled=False),
+                    lambda: DynamicCache(config=ref.config),
+                ],
+                [model, model, ref],
+                n,
+                prompt,
+                repeats,
+            )
+            speeds = f"{batch * n / compiled:.1f} | {batch * n / tensors:.1f} | {batch * n / digital:.1f}"
+            print(f"| {name} | {batch} | {n} | {speeds} | {digital / compiled:.2f}x | {digital / tensors:.2f}x |", flush=True)
     # prefill: the whole prompt in one forward, the analog cache written on the way (one indexed write per layer)
     print("\n| model | prompt | analog cache prefill ms | DynamicCache + SDPA prefill ms | ratio |")
     print("|---|---|---|---|---|")
-    for name, model, _ in models:
+    for name, model, _, _ in models:
         ref = sdpa_copy(model)
         length = min(model.config.n_positions, 1024)
         prompt = torch.randint(0, model.config.vocab_size, (1, length))
