@@ -9,13 +9,15 @@
              y = V - kv_offset; ring slot `slot` stores y^0 ... y^P (terms = P + 1) and the write time `now`.
      read    slot j's leak e_j = exp((t_j - now) / tau) (1 without leakage) and weights w_jp = g_p e_j^p;
              query pulses u = DAC(a_q * q + b_q) * (1 / score_saturation), the DAC on [0, 1];
-             first array   phi_j = clamp(sum_p w_jp (u . y_jp), 0, 1);
+             first array   phi_j = clamp(u . sum_p w_jp y_jp, 0, 1);
              second array  A_t = sum_(j in tile t) sum_p (phi_j w_jp) v_jp, tiles of array_size slots;
              readout       out = step * sum_t Q(clamp(A_t * out_scale, -limit, limit)), Q = rounding on the grid.
 
-   Each product and quantiser is evaluated in REAL in the order PyTorch evaluates the Python path (x * a + b, the
-   clamp, division by the step, round half to even, multiplication by the step); only the order of the sums differs,
-   which moves results by rounding error.  Compiled with -ffp-contract=off, so no multiply-add is fused. */
+   The maps, DACs, HardSigmoid and readout are evaluated in REAL exactly as PyTorch evaluates the Python path (x * a + b,
+   the clamp, division by the step, round half to even, multiplication by the step); the two arrays' sums of products
+   are taken in another order (the tensor path weights the products u . y_jp, this file the powers), which moves
+   results by rounding error.  Compiled with -ffp-contract=off, so no multiply-add is fused; the function is cloned
+   for AVX2 and for the baseline instruction set, and the loader picks the one this processor runs. */
 
 #include <math.h>
 #include <stdint.h>
@@ -23,6 +25,13 @@
 
 #ifndef REAL
 #error "compile with -DREAL=float or -DREAL=double"
+#endif
+
+/* x86-64 Linux: one AVX2 and one baseline version, chosen when the library loads (GNU ifunc) */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
 #endif
 
 #define CONCAT_(a, b) a##b
@@ -62,7 +71,7 @@ static inline REAL dot(const REAL *restrict u, const REAL *restrict y, int64_t n
    query (B, H, D), key and value (B, Hkv, D) with the strides in p and unit stride over D; maps: per-head scale and
    bias; poly: the cell polynomial g_0 ... g_P; powers (B, Hkv, 2, W, terms, D) and t_write (B, W), contiguous, are
    updated in place; out (B, H, D), contiguous.  Returns 0, or 1 when scratch memory could not be allocated. */
-int DECODE_STEP(const decode_params *p, const REAL *query, const REAL *key, const REAL *value, const REAL *q_scale,
+CLONES int DECODE_STEP(const decode_params *p, const REAL *query, const REAL *key, const REAL *value, const REAL *q_scale,
                 const REAL *q_bias, const REAL *k_scale, const REAL *k_bias, const REAL *v_scale, const REAL *v_bias,
                 const REAL *poly, REAL *powers, double *t_write, REAL *out) {
     const int64_t B = p->batch, HKV = p->kv_heads, D = p->head_dim, W = p->window, T = p->terms;
@@ -74,10 +83,11 @@ int DECODE_STEP(const decode_params *p, const REAL *query, const REAL *key, cons
     REAL *weights = malloc(sizeof(REAL) * (size_t)(n * T)); /* w_jp of one batch row */
     REAL *pulses = malloc(sizeof(REAL) * (size_t)D);        /* one head's query pulses */
     REAL *phi = malloc(sizeof(REAL) * (size_t)n);           /* one head's first-array outputs */
+    REAL *cell = malloc(sizeof(REAL) * (size_t)D);          /* one key slot's cell responses */
     REAL *charge = malloc(sizeof(REAL) * (size_t)D);        /* one tile's charge */
     REAL *sum = malloc(sizeof(REAL) * (size_t)D);           /* the digital sum over tiles */
-    if (!weights || !pulses || !phi || !charge || !sum) {
-        free(weights), free(pulses), free(phi), free(charge), free(sum);
+    if (!weights || !pulses || !phi || !cell || !charge || !sum) {
+        free(weights), free(pulses), free(phi), free(cell), free(charge), free(sum);
         return 1;
     }
     for (int64_t b = 0; b < B; b++) {
@@ -120,11 +130,16 @@ int DECODE_STEP(const decode_params *p, const REAL *query, const REAL *key, cons
                 if (p->q_quantise) u = round_even(u / q_step) * q_step;
                 pulses[d] = u * score_scale;
             }
-            /* ---- first array */
+            /* ---- first array: per slot, the cell responses f(e_j y_jd) = sum_p w_jp y_jd^p, then their dot product
+               with the pulses and the HardSigmoid */
             for (int64_t j = 0; j < n; j++) {
-                REAL score = 0;
-                for (int64_t e = 0; e < T; e++) score += dot(pulses, keys + (j * T + e) * D, D) * weights[j * T + e];
-                phi[j] = clamp_to(score, (REAL)0, (REAL)1);
+                const REAL *y = keys + j * T * D;
+                for (int64_t d = 0; d < D; d++) cell[d] = weights[j * T] * y[d];
+                for (int64_t e = 1; e < T; e++) {
+                    const REAL w = weights[j * T + e];
+                    for (int64_t d = 0; d < D; d++) cell[d] += w * y[e * D + d];
+                }
+                phi[j] = clamp_to(dot(pulses, cell, D), (REAL)0, (REAL)1);
             }
             /* ---- second array, tile by tile, and the readout */
             for (int64_t d = 0; d < D; d++) sum[d] = 0;
@@ -150,6 +165,6 @@ int DECODE_STEP(const decode_params *p, const REAL *query, const REAL *key, cons
             for (int64_t d = 0; d < D; d++) o[d] = sum[d] * out_step;
         }
     }
-    free(weights), free(pulses), free(phi), free(charge), free(sum);
+    free(weights), free(pulses), free(phi), free(cell), free(charge), free(sum);
     return 0;
 }
