@@ -203,7 +203,7 @@ class AnalogCacheLayer(CacheLayerMixin):
                 and hw.reads_exactly
                 and hw.window % hw.array_size == 0
                 and self.device.type == "cpu"
-                and all(getattr(maps, name).dtype == dtype for name in MAP_NAMES)
+                and all(getattr(maps, name).dtype == dtype and getattr(maps, name).is_contiguous() for name in MAP_NAMES)
                 and self.cache.compiled_step(dtype) is not None
             )
         dtype = self.powers.dtype  # type: ignore[union-attr]

@@ -2,9 +2,10 @@
 
 A decoding step of a small model is dominated by per-operation overhead (dozens of tensor calls per layer, each a few
 microseconds for a few hundred multiplications), which no rearrangement of tensor calls removes; one C call per layer
-does.  The library is compiled with the system C compiler (``$CC``, else ``cc``) into ``$GAINCELL_NATIVE_DIR`` (default
-``~/.cache/gaincell/native``), named by a hash of the source and flags, written atomically, and loaded with ctypes.
-No Python headers, no PyTorch headers: a plain C function over raw buffers, so the build takes about a second.
+does.  The library is compiled with the system C compiler (``$CC``, else ``cc``) into ``$GAINCELL_NATIVE_DIR``
+(default ``$XDG_CACHE_HOME/gaincell/native``, else ``~/.cache/gaincell/native``), named by a hash of the source and
+flags, written atomically, and loaded with ctypes.  No Python or PyTorch headers: a plain C function over raw buffers,
+so the build takes about a second.
 
 :func:`decode_function` returns the compiled function or raises :class:`NativeUnavailable` saying why (no compiler, a
 compile error); the cache decides what to do with that (see :class:`gaincell.cache.AnalogKVCache`'s ``compiled``).
@@ -86,7 +87,9 @@ class DecodeParams(ctypes.Structure):
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("GAINCELL_NATIVE_DIR") or Path.home() / ".cache" / "gaincell" / "native")
+    if os.environ.get("GAINCELL_NATIVE_DIR"):
+        return Path(os.environ["GAINCELL_NATIVE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gaincell" / "native"
 
 
 def _build(source: bytes, real: str) -> Path:
@@ -135,8 +138,8 @@ def _load(dtype: torch.dtype) -> ctypes._CFuncPtr | NativeUnavailable:
         lib = ctypes.CDLL(str(_build(source, real)))
     except NativeUnavailable as exc:
         return exc
-    except OSError as exc:
-        return NativeUnavailable(f"loading the compiled decode step failed: {exc}")
+    except OSError as exc:  # an unwritable cache folder, a library the loader refuses
+        return NativeUnavailable(f"building or loading the compiled decode step failed: {exc}")
     fn = getattr(lib, f"gaincell_decode_step_{real}")
     fn.argtypes = [ctypes.POINTER(DecodeParams)] + [ctypes.c_void_p] * 13
     fn.restype = ctypes.c_int
