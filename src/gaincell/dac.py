@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["DACFunction", "dac", "quantize"]
+__all__ = ["DACFunction", "dac", "level_step", "quantize", "readout_step"]
 
 
 def quantize(x: Tensor, lo: float, hi: float, levels: int | None, *, grid: str = "published") -> Tensor:
@@ -23,10 +23,15 @@ def quantize(x: Tensor, lo: float, hi: float, levels: int | None, *, grid: str =
     """
     if levels is None:
         return x
-    step = (hi - lo) / (levels - 1)
+    step = level_step(lo, hi, levels)
     if grid == "exact":
         return torch.round((x - lo) / step) * step + lo
     return torch.round(x / step) * step
+
+
+def level_step(lo: float, hi: float, levels: int) -> float:
+    """The spacing of ``levels`` levels over [lo, hi]: (hi - lo) / (levels - 1), the quantisers' step."""
+    return (hi - lo) / (levels - 1)
 
 
 def readout_step(levels: int | None) -> float:
@@ -38,7 +43,7 @@ def _convert(x: Tensor, lo: float, hi: float, levels: int | None, offset: float)
     """The DAC's forward values: clamp, quantise (published grid), subtract the offset; in one new tensor."""
     y = x.clamp(lo, hi)
     if levels is not None:
-        step = (hi - lo) / (levels - 1)
+        step = level_step(lo, hi, levels)
         y.div_(step).round_().mul_(step)
     return y.sub_(offset) if offset != 0.0 else y
 

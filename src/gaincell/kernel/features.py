@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gaincell.dac import level_step
 from gaincell.kernel.plan import FeatureTerm, HeadChunk, KernelPlan, KeySlots
 
 
@@ -60,7 +61,7 @@ def decayed_voltages(plan: KernelPlan, src: Tensor, chunk: HeadChunk, slots: Key
     if plan.kv_in_dac_domain:
         out.clamp_(0.0, plan.kv_max)
         if plan.kv_levels is not None:
-            quantize_in_place(out, plan.kv_max / (plan.kv_levels - 1))
+            quantize_in_place(out, level_step(0.0, plan.kv_max, plan.kv_levels))
         out.sub_(plan.kv_offset)
     return out.mul_(slots.key_decay[1][:, None])
 
@@ -70,7 +71,7 @@ def query_pulses(plan: KernelPlan, q: Tensor, chunk: HeadChunk, begin: int, end:
     out.view(chunk.n_batch, chunk.n_heads, *out.shape[1:]).copy_(chunk.of(q)[:, :, begin:end])
     out.clamp_(0.0, 1.0)
     if plan.q_levels is not None:
-        quantize_in_place(out, 1.0 / (plan.q_levels - 1))
+        quantize_in_place(out, level_step(0.0, 1.0, plan.q_levels))
     return out
 
 

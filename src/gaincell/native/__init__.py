@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from gaincell.config import HardwareConfig
-from gaincell.dac import readout_step
+from gaincell.dac import level_step, readout_step
 
 __all__ = ["MAP_NAMES", "DecodeParams", "NativeUnavailable", "decode_function", "run_decode_step", "step_params"]
 
@@ -166,9 +166,9 @@ def step_params(hw: HardwareConfig, heads: int, powers_shape: torch.Size) -> Dec
         out_exact_grid=int(hw.out_quantizer == "exact"),
         tau=hw.retention_time,
         kv_max=hw.kv_max,
-        kv_step=hw.kv_max / (hw.kv_levels - 1) if hw.kv_levels is not None else 0.0,
+        kv_step=level_step(0.0, hw.kv_max, hw.kv_levels) if hw.kv_levels is not None else 0.0,
         kv_offset=hw.kv_offset,
-        q_step=1.0 / (hw.q_levels - 1) if hw.q_levels is not None else 0.0,
+        q_step=level_step(0.0, 1.0, hw.q_levels) if hw.q_levels is not None else 0.0,
         score_scale=1.0 / hw.score_saturation,
         out_scale=1.0 / hw.output_saturation / step,
         out_limit=1.0 / step,
