@@ -220,15 +220,19 @@ def _run(spec, out, workers=1):
     )
 
 
-def _wait_running(out: Path, timeout=120) -> int:
+def _wait_running(out: Path, worker: subprocess.Popen, timeout=120) -> int:
     """Wait until a trial has been running for 1.5 s (past its first heartbeat, every second here) and return its
-    number: the kill then lands mid-trial."""
+    number: the kill then lands mid-trial.  A worker that exits first fails the wait with its error output."""
     import datetime
 
     import optuna
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise AssertionError(
+                f"the worker exited ({worker.returncode}) before a trial ran: {worker.stderr.read().decode()[-2000:]}"
+            )
         if (out / "study.db").exists():
             try:
                 study = optuna.load_study(study_name="gaincell-explore", storage=f"sqlite:///{out / 'study.db'}")
@@ -239,7 +243,8 @@ def _wait_running(out: Path, timeout=120) -> int:
             except Exception:
                 pass
         time.sleep(0.2)
-    raise AssertionError("no trial started")
+    states = _db_states(out) if (out / "study.db").exists() else "no study.db"
+    raise AssertionError(f"no trial ran for 1.5 s within {timeout} s; trials: {states}")
 
 
 def _slow_spec(tiny, **changes):
@@ -262,7 +267,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_completes(tiny, tmp_
     out = tmp_path / "killed"
     spec = _slow_spec(tiny, trials=3)
     p = _run(spec, out)
-    killed = _wait_running(out)
+    killed = _wait_running(out, p)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     again = _run(spec, out)
@@ -280,7 +285,7 @@ def test_ctrl_c_then_resume(tiny, tmp_path):
     out = tmp_path / "interrupted"
     spec = _slow_spec(tiny, trials=3)
     p = _run(spec, out)
-    interrupted = _wait_running(out)
+    interrupted = _wait_running(out, p)
     os.killpg(p.pid, signal.SIGINT)
     assert p.wait(timeout=120) != 0
     rows_before = json.loads(json.dumps(_db_states(out)))
