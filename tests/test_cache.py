@@ -181,6 +181,29 @@ def test_compiled_steps_leave_the_ring_as_tensor_steps_do_and_decode_the_same_to
         assert (a.uniform, a.steps) == (b.uniform, b.steps) == (60, 60)
 
 
+@NEEDS_COMPILER
+def test_a_batch_shrunk_or_grown_mid_decoding_decodes_the_same_through_both_paths():
+    """Selecting or repeating batch rows between decoding steps (contrastive search, beam set-up) rebuilds the compiled
+    step's parameters, which hold the batch size: both paths then decode the kept rows alike (float64, 1e-10)."""
+    model = active(convert(llama(), HW))
+    x = torch.randint(1, V, (3, 40))
+    logits = {}
+    for compiled in (True, False):
+        cache = AnalogKVCache(model, compiled=compiled)
+        outs = [model(input_ids=x[:, :5], cache=cache, use_cache=True).logits]
+        for t in range(5, 20):
+            outs.append(model(input_ids=x[:, t : t + 1], cache=cache, use_cache=True).logits)
+        cache.batch_select_indices(torch.tensor([0, 2]))  # 3 rows -> 2
+        for t in range(20, 30):
+            outs.append(model(input_ids=x[[0, 2], t : t + 1], cache=cache, use_cache=True).logits)
+        cache.batch_repeat_interleave(2)  # 2 rows -> 4
+        for t in range(30, 40):
+            outs.append(model(input_ids=x[[0, 0, 2, 2], t : t + 1], cache=cache, use_cache=True).logits)
+        logits[compiled] = outs
+    for a, b in zip(logits[True], logits[False], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 def test_compiled_step_needs_a_compiler_and_says_so(monkeypatch, tmp_path):
     """Without a C compiler: compiled=True is an error naming the reason, the default decodes with tensor operations
     and warns, compiled=False says nothing; all three decode the same logits."""

@@ -45,7 +45,7 @@ def test_a_failing_compiler_is_reported_with_its_message_and_leaves_nothing(fres
         native.decode_function(torch.float32)
     with pytest.raises(native.NativeUnavailable):  # remembered: not rebuilt on every decoding step
         native.decode_function(torch.float32)
-    assert calls.read_text() == "run\n"
+    assert calls.read_text() == "run\nrun\n"  # with the processor clones, then the baseline alone; not again
     assert list(fresh_build.iterdir()) == []
     with pytest.raises(native.NativeUnavailable, match=re.escape("float32 and float64, not torch.bfloat16")):
         native.decode_function(torch.bfloat16)

@@ -142,6 +142,7 @@ class AnalogCacheLayer(CacheLayerMixin):
         if not self.is_initialized:
             return
         idx = idx.to(self.device)
+        self.step_params = None  # the compiled step's parameters hold the batch size
         self.powers = self.powers.index_select(0, idx)  # type: ignore[union-attr]
         self.t_write, self.written = self.t_write.index_select(0, idx), self.written.index_select(0, idx)  # type: ignore[union-attr]
         counts = self.written.tolist()  # type: ignore[union-attr]
@@ -197,17 +198,17 @@ class AnalogCacheLayer(CacheLayerMixin):
         if self.uniform is None:
             return False
         if self.static_step_ok is None:
-            hw, dtype = self.hardware, self.powers.dtype  # type: ignore[union-attr]
+            hw = self.hardware
             self.static_step_ok = (
-                hw.write_noise == 0
-                and hw.reads_exactly
-                and hw.window % hw.array_size == 0
-                and self.device.type == "cpu"
-                and all(getattr(maps, name).dtype == dtype and getattr(maps, name).is_contiguous() for name in MAP_NAMES)
-                and self.cache.compiled_step(dtype) is not None
+                hw.write_noise == 0 and hw.reads_exactly and hw.window % hw.array_size == 0 and self.device.type == "cpu"
             )
         dtype = self.powers.dtype  # type: ignore[union-attr]
-        return self.static_step_ok and all(t.dtype == dtype and t.stride(3) == 1 for t in (query, key, value))
+        return (
+            self.static_step_ok
+            and all(t.dtype == dtype and t.is_cpu and t.stride(3) == 1 for t in (query, key, value))
+            and all(getattr(maps, name).dtype == dtype and getattr(maps, name).is_contiguous() for name in MAP_NAMES)
+            and self.cache.compiled_step(dtype) is not None
+        )
 
     def _compiled_step(self, query: Tensor, key: Tensor, value: Tensor, maps: Any) -> Tensor:
         """The write of :meth:`_write` and the read of :meth:`_read_expanded` as one compiled call (decode_step.c)."""
@@ -503,6 +504,8 @@ class AnalogKVCache(Cache):
         if compiled not in (None, True, False):
             raise GaincellError(f"compiled must be None, True or False, got {compiled!r}")
         self.compiled = compiled
+        if compiled:  # required: fail now, not at the first decoding step
+            self.compiled_step(torch.float32)
         self.refresh_writes = 0
         self.idle = 0.0
         self._gen: torch.Generator | None = None

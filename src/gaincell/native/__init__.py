@@ -18,6 +18,8 @@ import functools
 import hashlib
 import math
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -93,26 +95,42 @@ def _cache_dir() -> Path:
 
 
 def _build(source: bytes, real: str) -> Path:
-    """Compile ``source`` with REAL = ``real`` into the cache folder (once per source and flags); returns the path."""
-    compiler = os.environ.get("CC") or "cc"
-    if shutil.which(compiler) is None:
-        raise NativeUnavailable(f"no C compiler: {compiler!r} is not on PATH (set CC, or install gcc / clang)")
-    flags = (*_FLAGS, f"-DREAL={real}")
-    digest = hashlib.sha256(source + " ".join((compiler, *flags)).encode()).hexdigest()[:16]
+    """Compile ``source`` with REAL = ``real`` into the cache folder (once per source, flags, compiler command and
+    machine type); returns the path.  Where the processor-specific clones cannot be built (a C library without GNU
+    ifunc), builds the baseline version alone; if that fails too, reports the first compiler error."""
+    command = shlex.split(os.environ.get("CC") or "cc")
+    if not command or shutil.which(command[0]) is None:
+        raise NativeUnavailable(
+            f"no C compiler: {command[0] if command else ''!r} is not on PATH (set CC, or install gcc / clang)"
+        )
     folder = _cache_dir()
-    target = folder / f"decode_step_{real}_{digest}.so"
-    if target.exists():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        src = Path(tmp) / "decode_step.c"
-        src.write_bytes(source)
-        built = Path(tmp) / target.name
-        run = subprocess.run([compiler, *flags, str(src), "-o", str(built), "-lm"], capture_output=True, text=True)
-        if run.returncode != 0:
-            raise NativeUnavailable(f"compiling decode_step.c with {compiler} failed:\n{run.stderr.strip()}")
-        os.replace(built, target)  # atomic: concurrent builders each write a whole file
-    return target
+    errors = []
+    for extra in ((), ("-DGAINCELL_NO_CLONES",)):
+        flags = (*_FLAGS, f"-DREAL={real}", *extra)
+        key = " ".join((*command, *flags, platform.machine(), platform.system()))
+        target = folder / f"decode_step_{real}_{hashlib.sha256(source + key.encode()).hexdigest()[:16]}.so"
+        if target.exists():
+            return target
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            src = Path(tmp) / "decode_step.c"
+            src.write_bytes(source)
+            built = Path(tmp) / target.name
+            try:
+                run = subprocess.run(
+                    [*command, *flags, str(src), "-o", str(built), "-lm"],
+                    capture_output=True,
+                    text=True,
+                    errors="replace",
+                    timeout=300,
+                )
+            except subprocess.TimeoutExpired:
+                raise NativeUnavailable(f"compiling decode_step.c with {' '.join(command)} took over 300 s") from None
+            if run.returncode == 0:
+                os.replace(built, target)  # atomic: concurrent builders each write a whole file
+                return target
+            errors.append(run.stderr.strip())
+    raise NativeUnavailable(f"compiling decode_step.c with {' '.join(command)} failed:\n{errors[0]}")
 
 
 def decode_function(dtype: torch.dtype) -> ctypes._CFuncPtr:
@@ -140,7 +158,10 @@ def _load(dtype: torch.dtype) -> ctypes._CFuncPtr | NativeUnavailable:
         return exc
     except OSError as exc:  # an unwritable cache folder, a library the loader refuses
         return NativeUnavailable(f"building or loading the compiled decode step failed: {exc}")
-    fn = getattr(lib, f"gaincell_decode_step_{real}")
+    try:
+        fn = getattr(lib, f"gaincell_decode_step_{real}")
+    except AttributeError as exc:
+        return NativeUnavailable(f"the compiled library has no decode step: {exc}")
     fn.argtypes = [ctypes.POINTER(DecodeParams)] + [ctypes.c_void_p] * 13
     fn.restype = ctypes.c_int
     return fn
@@ -195,7 +216,7 @@ def run_decode_step(
     (in place) at time ``now``, read ``query`` (B, H, 1, D) against the first ``slots`` slots; returns (B, H, 1, D).
 
     ``maps`` holds the per-head (scale, bias) of q, k, v as :data:`MAP_NAMES`; ``poly`` is the cell polynomial.  Every tensor is on the CPU
-    in one dtype with unit stride over D; ``powers`` and ``t_write`` are contiguous (the caller checks).
+    in one dtype with unit stride over D; ``powers`` and ``t_write`` are contiguous (the caller checks all of it).
     """
     params.slot, params.slots, params.now = slot, slots, now
     params.q_batch_stride, params.q_head_stride = query.stride(0), query.stride(1)

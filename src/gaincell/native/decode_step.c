@@ -13,11 +13,13 @@
              second array  A_t = sum_(j in tile t) sum_p (phi_j w_jp) v_jp, tiles of array_size slots;
              readout       out = step * sum_t Q(clamp(A_t * out_scale, -limit, limit)), Q = rounding on the grid.
 
-   The maps, DACs, HardSigmoid and readout are evaluated in REAL exactly as PyTorch evaluates the Python path (x * a + b,
-   the clamp, division by the step, round half to even, multiplication by the step); the two arrays' sums of products
-   are taken in another order (the tensor path weights the products u . y_jp, this file the powers), which moves
-   results by rounding error.  Compiled with -ffp-contract=off, so no multiply-add is fused; the function is cloned
-   for AVX2 and for the baseline instruction set, and the loader picks the one this processor runs. */
+   The maps, DACs, HardSigmoid and readout are evaluated in REAL in the order PyTorch evaluates the Python path (x * a + b,
+   the clamp, division by the step, round half to even, multiplication by the step).  Three things differ at the level
+   of rounding: the arrays' sums of products are taken in another order (the tensor path weights the products
+   u . y_jp, this file the powers), the powers y^p and e^p are repeated products where PyTorch calls pow, and the leak
+   is libm's exp where PyTorch uses its own; a readout or HardSigmoid that sits exactly on a rounding boundary can then
+   land one level over.  Compiled with -ffp-contract=off, so no multiply-add is fused; the function is cloned for AVX2
+   and for the baseline instruction set, and the loader picks the one this processor runs. */
 
 #include <math.h>
 #include <stdint.h>
@@ -27,8 +29,9 @@
 #error "compile with -DREAL=float or -DREAL=double"
 #endif
 
-/* x86-64 Linux: one AVX2 and one baseline version, chosen when the library loads (GNU ifunc) */
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+/* x86-64 Linux: one AVX2 and one baseline version, chosen when the library loads (GNU ifunc); the loader rebuilds
+   with GAINCELL_NO_CLONES where the C library has no ifunc */
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(GAINCELL_NO_CLONES)
 #define CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define CLONES
