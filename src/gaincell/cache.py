@@ -62,7 +62,6 @@ class AnalogCacheLayer(CacheLayerMixin):
         self.steps = 0  # token steps processed (padding included): the next token's position
         self.pending: tuple[Tensor, Tensor] | None = None
         self.last_refresh = 0.0
-        self.static_step_ok: bool | None = None  # the step-independent conditions of the compiled decode step
         self.step_params: DecodeParams | None = None  # its parameters, built once
 
     @property
@@ -124,7 +123,6 @@ class AnalogCacheLayer(CacheLayerMixin):
         self.steps = 0
         self.pending = None
         self.last_refresh = 0.0
-        self.static_step_ok = None
         self.step_params = None
         self.is_initialized = False
 
@@ -175,8 +173,9 @@ class AnalogCacheLayer(CacheLayerMixin):
         with torch.no_grad():
             tq = query.shape[2]
             decoding = tq == 1 and self.steps > 0 and (padding is None or bool(padding[:, -1].all()))  # every row decodes
-            if decoding and self._compiled_step_applies(query, key, value, maps):
-                return self._compiled_step(query, key, value, maps)
+            step_maps = self._compiled_step_maps(query, key, value, maps) if decoding else None
+            if step_maps is not None:
+                return self._compiled_step(query, key, value, step_maps)
             q = (query * maps.q_scale.view(1, -1, 1, 1) + maps.q_bias.view(1, -1, 1, 1)).to(self.powers.dtype)
             y = self._voltages(key, value, maps)  # (B, Hkv, 2, Tq, D)
             b, h, tq, d = q.shape
@@ -191,26 +190,26 @@ class AnalogCacheLayer(CacheLayerMixin):
                     self._decode_one(q[:, :, t : t + 1], y[:, :, :, t], real[:, t], out[:, :, t : t + 1], maps)
         return out.to(query.dtype)
 
-    def _compiled_step_applies(self, query: Tensor, key: Tensor, value: Tensor, maps: Any) -> bool:
-        """Whether this decoding step can run as one compiled call (:mod:`gaincell.native`): every row holds the same
-        slots, the reads and writes are exact (no noise, no cell variation), the window is a whole number of arrays,
-        and the step's tensors are on the CPU in the ring's dtype with unit stride over the head dimension."""
-        if self.uniform is None:
-            return False
-        if self.static_step_ok is None:
-            hw = self.hardware
-            self.static_step_ok = (
-                hw.write_noise == 0 and hw.reads_exactly and hw.window % hw.array_size == 0 and self.device.type == "cpu"
-            )
-        dtype = self.powers.dtype  # type: ignore[union-attr]
-        return (
-            self.static_step_ok
+    def _compiled_step_maps(self, query: Tensor, key: Tensor, value: Tensor, maps: Any) -> tuple[Tensor, ...] | None:
+        """The per-head maps (:data:`MAP_NAMES` order) when this decoding step can run as one compiled call
+        (:mod:`gaincell.native`), else None: every row holds the same slots, the reads and writes are exact (no noise,
+        no cell variation), the window is a whole number of arrays, and the step's tensors and maps are on the CPU in
+        the ring's dtype, contiguous (the maps) or with unit stride over the head dimension (q, k, v)."""
+        hw, dtype = self.hardware, self.powers.dtype  # type: ignore[union-attr]
+        if not (
+            self.uniform is not None
+            and hw.write_noise == 0
+            and hw.reads_exactly
+            and hw.window % hw.array_size == 0
+            and self.powers.is_cpu  # type: ignore[union-attr]
             and all(t.dtype == dtype and t.is_cpu and t.stride(3) == 1 for t in (query, key, value))
-            and all(getattr(maps, name).dtype == dtype and getattr(maps, name).is_contiguous() for name in MAP_NAMES)
             and self.cache.compiled_step(dtype) is not None
-        )
+        ):
+            return None
+        tensors = tuple(getattr(maps, name) for name in MAP_NAMES)
+        return tensors if all(t.dtype == dtype and t.is_cpu and t.is_contiguous() for t in tensors) else None
 
-    def _compiled_step(self, query: Tensor, key: Tensor, value: Tensor, maps: Any) -> Tensor:
+    def _compiled_step(self, query: Tensor, key: Tensor, value: Tensor, maps: tuple[Tensor, ...]) -> Tensor:
         """The write of :meth:`_write` and the read of :meth:`_read_expanded` as one compiled call (decode_step.c)."""
         assert self.powers is not None and self.t_write is not None and self.written is not None
         assert self.uniform is not None
@@ -504,6 +503,7 @@ class AnalogKVCache(Cache):
         if compiled not in (None, True, False):
             raise GaincellError(f"compiled must be None, True or False, got {compiled!r}")
         self.compiled = compiled
+        self._compiled_steps: dict[torch.dtype, Any] = {}  # per dtype: the compiled step, or None (tensor path)
         if compiled:  # required: fail now, not at the first decoding step
             self.compiled_step(torch.float32)
         self.refresh_writes = 0
@@ -524,18 +524,22 @@ class AnalogKVCache(Cache):
         return self.layers[0].now(self.layers[0].steps) if self.layers else self.idle
 
     def compiled_step(self, dtype: torch.dtype) -> Any:
-        """The compiled decode step for ``dtype`` (see ``compiled``), or None for the tensor path."""
-        if self.compiled is False:
-            return None
-        try:
-            return decode_function(dtype)
-        except NativeUnavailable as exc:
-            if self.compiled:
-                raise GaincellError(f"AnalogKVCache(compiled=True): {exc}") from exc
-            warnings.warn(
-                f"AnalogKVCache decodes with tensor operations (same values, slower): {exc}", RuntimeWarning, stacklevel=2
-            )
-            return None
+        """The compiled decode step for ``dtype`` (see ``compiled``), or None for the tensor path; decided once per dtype
+        (a cache that cannot build it warns once, not every step)."""
+        if dtype in self._compiled_steps:
+            return self._compiled_steps[dtype]
+        step = None
+        if self.compiled is not False:
+            try:
+                step = decode_function(dtype)
+            except NativeUnavailable as exc:
+                if self.compiled:
+                    raise GaincellError(f"AnalogKVCache(compiled=True): {exc}") from exc
+                warnings.warn(
+                    f"AnalogKVCache decodes with tensor operations (same values, slower): {exc}", RuntimeWarning, stacklevel=2
+                )
+        self._compiled_steps[dtype] = step
+        return step
 
     def write_generator(self, device: torch.device) -> torch.Generator:
         if self._gen is None:

@@ -25,7 +25,6 @@ import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -207,7 +206,7 @@ def run_decode_step(
     query: Tensor,
     key: Tensor,
     value: Tensor,
-    maps: Any,
+    maps: tuple[Tensor, ...],
     poly: Tensor,
     powers: Tensor,
     t_write: Tensor,
@@ -215,7 +214,7 @@ def run_decode_step(
     """One compiled step: write ``key``/``value`` (B, Hkv, 1, D) into ring slot ``slot`` of ``powers`` and ``t_write``
     (in place) at time ``now``, read ``query`` (B, H, 1, D) against the first ``slots`` slots; returns (B, H, 1, D).
 
-    ``maps`` holds the per-head (scale, bias) of q, k, v as :data:`MAP_NAMES`; ``poly`` is the cell polynomial.  Every tensor is on the CPU
+    ``maps`` are the per-head (scale, bias) of q, k, v in :data:`MAP_NAMES` order; ``poly`` is the cell polynomial.  Every tensor is on the CPU
     in one dtype with unit stride over D; ``powers`` and ``t_write`` are contiguous (the caller checks all of it).
     """
     params.slot, params.slots, params.now = slot, slots, now
@@ -229,7 +228,7 @@ def run_decode_step(
         query.data_ptr(),
         key.data_ptr(),
         value.data_ptr(),
-        *(getattr(maps, name).data_ptr() for name in MAP_NAMES),
+        *(m.data_ptr() for m in maps),
         poly.data_ptr(),
         powers.data_ptr(),
         t_write.data_ptr(),
